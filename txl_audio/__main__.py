@@ -1,0 +1,3 @@
+from txl_audio.cli import main
+
+raise SystemExit(main())

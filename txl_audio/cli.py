@@ -1,0 +1,59 @@
+"""The ``txl-audio`` command. Thin: each subcommand lives in ``txl_audio/commands/NAME.py`` with
+``add_arguments(parser)`` and ``run(args) -> int``; the real work is in library functions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module in txl_audio.commands, one-line help)
+COMMANDS = {
+    "info": ("info", "show audio files' format and what the tokenizer makes of them"),
+    "prepare-audio": ("prepare_audio", "audio folder or manifest -> token shards"),
+    "prepare-text": ("prepare_text", "text corpus -> token shards"),
+    "train": ("train", "train a model from a TOML config"),
+    "evaluate": ("evaluate", "likelihood of held-out data under a checkpoint"),
+    "context": ("context", "how the likelihood improves with context length"),
+    "generate": ("generate", "sample audio from a checkpoint"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="txl-audio", description=__doc__.splitlines()[0])
+    from txl_audio import __version__
+
+    parser.add_argument("--version", action="version", version=f"txl-audio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"txl_audio.commands.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"txl_audio.commands.{module}":
+                raise
+            continue  # not built yet
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # our library raises these with messages meant for the user (path, problem, what to do)
+        print(f"txl-audio {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Configuration as data: one dataclass per concern, TOML files, dotted command-line overrides.
+
+Every checkpoint stores ``asdict(config)``; ``ModelConfig(**d)`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class ModelConfig:
+    """Transformer-XL hyper-parameters (names follow Dai et al. 2019)."""
+
+    vocab_size: int = 256
+    n_layer: int = 4
+    d_model: int = 256
+    n_head: int = 4
+    d_head: int = 64
+    d_inner: int = 1024
+    dropout: float = 0.1
+    dropatt: float = 0.0
+    tgt_len: int = 512  # segment length (tokens predicted per forward pass)
+    mem_len: int = 512  # cached hidden states carried to the next segment
+    clamp_len: int = -1  # relative distances beyond this use the same embedding; -1 = off
+    same_length: bool = False  # every query attends over the same number of keys
+    pre_norm: bool = False  # LayerNorm before each sublayer (the paper is post-norm)
+    tie_weights: bool = True  # output projection shares the input embedding
+    attention: str = "relative"  # "relative" (the paper's) or "absolute" (vanilla Transformer, mem_len = 0)
+    cutoffs: list[int] = field(default_factory=list)  # adaptive softmax/input cluster cutoffs; [] = full
+    div_val: int = 1  # adaptive embedding size divisor per cluster
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("relative", "absolute"):
+            raise ValueError(f"model.attention must be 'relative' or 'absolute', got {self.attention!r}")
+        if self.attention == "absolute" and self.mem_len != 0:
+            raise ValueError(
+                "model.attention='absolute' is the vanilla Transformer baseline and has no recurrence "
+                f"memory: set model.mem_len=0 (got {self.mem_len})"
+            )
+        for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_head", "d_inner", "tgt_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.mem_len < 0:
+            raise ValueError(f"model.mem_len must be >= 0, got {self.mem_len}")
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared corpus is and how it is streamed."""
+
+    corpus: str = "runs/demo/corpus"  # a folder written by prepare-audio / prepare-text
+    train_split: str = "train"
+    valid_split: str = "valid"
+    test_split: str = "test"
+    eval_batch_size: int = 8
+    max_eval_tokens: int = 0  # cap on validation tokens per evaluation (0 = whole split)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run control."""
+
+    seed: int = 0
+    batch_size: int = 8  # streams per step (global, over all processes)
+    grad_accum: int = 1
+    lr: float = 2.5e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    max_time: float = 0.0  # seconds of training before stopping cleanly (0 = no limit)
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    clip: float = 0.25
+    log_every: int = 10
+    eval_every: int = 200
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 10  # stop after this many non-finite losses in a row
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    tensorboard: bool = False
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        unknown = set(d) - {"model", "data", "train"}
+        if unknown:
+            raise ValueError(f"unknown config section(s): {sorted(unknown)}; expected model, data, train")
+        return cls(
+            model=_build(ModelConfig, d.get("model", {}), "model"),
+            data=_build(DataConfig, d.get("data", {}), "data"),
+            train=_build(TrainConfig, d.get("train", {}), "train"),
+        )
+
+
+def _build(cls, d: dict[str, Any], section: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**d)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it (``3``, ``2.5e-4``, ``true``, ``[1, 2]``, ``"x"``);
+    anything TOML cannot read is taken as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested config dict (a copy is returned)."""
+    out = json.loads(json.dumps(d))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ValueError(f"override key {key!r} must be section.key, e.g. model.n_layer")
+        section, name = parts
+        out.setdefault(section, {})[name] = parse_value(value.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML config (or the defaults), apply overrides, validate."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            d = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    return RunConfig.from_dict(apply_overrides(d, overrides or []))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(d: dict[str, dict[str, Any]]) -> str:
+    """Write a two-level dict (sections of scalars and lists) as TOML."""
+    lines = []
+    for section, values in d.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(dump_toml(config.to_dict()))
