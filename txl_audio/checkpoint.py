@@ -1,0 +1,122 @@
+"""Checkpoints that survive crashes: atomic writes, plain contents, newest-valid lookup.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads with
+``torch.load(weights_only=True)``: no pickled classes, nothing executed on load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_GLOB = "ckpt_*.pt"
+_STEP_RE = re.compile(r"ckpt_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: a kill at any moment leaves either the old file or the
+    complete new one, never a partial file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`; any problem is a CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad magic, foreign pickle...
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "the file is truncated or corrupt"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path}: not a txl_audio checkpoint (missing 'model' or 'config')")
+    return state
+
+
+def checkpoint_step(path: str | Path) -> int:
+    m = _STEP_RE.search(str(path))
+    return int(m.group(1)) if m else -1
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Step checkpoints in ``run_dir``, newest first."""
+    return sorted(Path(run_dir).glob(CHECKPOINT_GLOB), key=checkpoint_step, reverse=True)
+
+
+def latest_checkpoint(
+    run_dir: str | Path, map_location: str | torch.device = "cpu", report=print
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``run_dir`` that loads; unreadable newer ones are reported by path and
+    skipped. None when the folder holds no checkpoint; CheckpointError when none of them is valid."""
+    paths = list_checkpoints(run_dir)
+    if not paths:
+        return None
+    bad = []
+    for p in paths:
+        try:
+            return p, load_checkpoint(p, map_location)
+        except CheckpointError as e:
+            bad.append(str(e))
+            report(f"warning: skipping {e}")
+    raise CheckpointError(f"no valid checkpoint in {run_dir}: " + "; ".join(bad))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else its newest step checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "best.pt").is_file():
+            return path / "best.pt"
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"{path}: run directory holds no checkpoint (best.pt or {CHECKPOINT_GLOB})")
+        return found[0]
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer, RunConfig) from a checkpoint file or run directory."""
+    from txl_audio.config import RunConfig
+    from txl_audio.model import TransformerXL
+    from txl_audio.tokenizers import tokenizer_from_dict
+
+    path = resolve_checkpoint(path)
+    state = load_checkpoint(path, map_location="cpu")
+    config = RunConfig.from_dict(state["config"])
+    model = TransformerXL(config.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match its config: {str(e)[:300]}") from None
+    model.to(device).eval()
+    return model, tokenizer_from_dict(state["tokenizer"]), config
