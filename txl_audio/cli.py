@@ -20,7 +20,10 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="txl-audio", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="txl-audio",
+        description="Sample-level audio (and text) language modelling with Transformer-XL.",
+    )
     from txl_audio import __version__
 
     parser.add_argument("--version", action="version", version=f"txl-audio {__version__}")
