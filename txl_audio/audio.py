@@ -1,0 +1,194 @@
+"""Audio in and out: any file soundfile reads -> mono float32 in [-1, 1] at ``SAMPLE_RATE``.
+
+Every problem with a file is raised as :class:`AudioError` naming the path and what was wrong, so a
+caller (a command, corpus preparation) can report it in one line and go on with the other files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16_000
+
+# Extensions find_audio_files picks up (lower-case, with the dot). All are read by libsndfile >= 1.1
+# (.mp3 needs libsndfile >= 1.1, which the soundfile wheels bundle).
+AUDIO_EXTENSIONS: tuple[str, ...] = (
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".aifc", ".mp3", ".au", ".caf",
+    ".w64", ".rf64",
+)
+
+# A float file whose peak is above this is rejected as mis-scaled (e.g. int PCM values stored as
+# float); peaks in (1, MAX_FLOAT_PEAK] are ordinary overshoot of processed audio and are clipped to
+# [-1, 1], as writing the file to integer PCM would do. 2.0 is +6 dB over full scale.
+MAX_FLOAT_PEAK = 2.0
+
+_SAVE_SUBTYPES = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message names the path and the problem."""
+
+
+@dataclass
+class AudioInfo:
+    """What the file on disk is (before any resampling or channel mixing)."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    duration: float  # seconds
+    format: str  # soundfile's major format, e.g. "WAV", "FLAC", "OGG"
+    subtype: str  # e.g. "PCM_16", "FLOAT", "VORBIS"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_float_subtype(subtype: str) -> bool:
+    return subtype in ("FLOAT", "DOUBLE")
+
+
+def _open_error(path: Path, e: Exception) -> AudioError:
+    """Turn a soundfile/libsndfile error into a message a user can act on."""
+    detail = str(getattr(e, "error_string", "") or e).strip().rstrip(".")
+    if "Format not recognised" in detail or "unknown format" in detail.lower():
+        return AudioError(
+            f"{path}: not an audio file (libsndfile does not recognise its format; "
+            "WAV, FLAC, OGG, AIFF, MP3 and others are read)"
+        )
+    return AudioError(f"{path}: unreadable or corrupt audio file ({detail})")
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read only the header of an audio file."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        i = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError, OSError) as e:
+        raise _open_error(path, e) from None
+    return AudioInfo(
+        path=str(path), sample_rate=int(i.samplerate), channels=int(i.channels), frames=int(i.frames),
+        duration=float(i.frames) / i.samplerate if i.samplerate else 0.0, format=i.format,
+        subtype=i.subtype,
+    )
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty (0 bytes), not audio")
+
+
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioInfo]:
+    """Read ``path`` as mono float32 in [-1, 1] at ``sample_rate`` (channels averaged, resampled with
+    soxr's high-quality filter). The returned info describes the original file.
+
+    Raises AudioError (naming the path) for: a missing, empty, unreadable or corrupt file; a file that
+    is not audio; zero samples; NaN or inf samples; a float file whose peak exceeds MAX_FLOAT_PEAK.
+    """
+    path = Path(path)
+    _check_exists(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            info = AudioInfo(
+                path=str(path), sample_rate=int(f.samplerate), channels=int(f.channels), frames=0,
+                duration=0.0, format=f.format, subtype=f.subtype,
+            )
+            # always_2d: (N, C) whatever the channel count; integer PCM is scaled to [-1, 1) by libsndfile
+            wave = f.read(dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as e:
+        raise _open_error(path, e) from None
+    info.frames = int(wave.shape[0])  # frames actually decoded (a truncated file has fewer than its header)
+    info.duration = info.frames / info.sample_rate if info.sample_rate else 0.0
+    if info.frames == 0:
+        raise AudioError(f"{path}: contains zero samples")
+    if info.sample_rate <= 0:
+        raise AudioError(f"{path}: invalid sample rate {info.sample_rate}")
+    finite = np.isfinite(wave)
+    if not finite.all():
+        n_nan = int(np.isnan(wave).sum())
+        n_inf = int(wave.size - np.count_nonzero(finite)) - n_nan
+        first = int(np.argmin(finite.all(axis=1)))
+        raise AudioError(
+            f"{path}: {n_nan} NaN and {n_inf} infinite sample value(s), the first at "
+            f"{first / info.sample_rate:.3f} s; the file is damaged or was written from a broken computation"
+        )
+    peak = float(np.abs(wave).max())
+    if peak > MAX_FLOAT_PEAK:
+        raise AudioError(
+            f"{path}: {info.subtype} samples reach {peak:.4g}, {20 * math.log10(peak):.1f} dB above full "
+            f"scale (expected within [-1, 1]; up to {MAX_FLOAT_PEAK:g} is clipped); the file is probably "
+            "mis-scaled: divide it by its peak or by the integer full scale (e.g. 32768) and save again"
+        )
+    # (N, C) -> (N,): mean over channels, the usual downmix
+    mono = wave.mean(axis=1, dtype=np.float32) if info.channels > 1 else wave[:, 0]
+    if info.sample_rate != sample_rate:
+        mono = resample(mono, info.sample_rate, sample_rate)
+    # slight overs in float files, and resampling ringing next to full-scale peaks, are clipped
+    mono = np.clip(mono, -1.0, 1.0, out=np.ascontiguousarray(mono, dtype=np.float32))
+    return mono, info
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 waveform in [-1, 1] at ``sample_rate``; see :func:`read_audio`."""
+    return read_audio(path, sample_rate)[0]
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a 1-D (or (..., N)) float waveform with soxr's high-quality filter (via librosa)."""
+    if orig_sr == target_sr:
+        return np.asarray(wave, dtype=np.float32)
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    import librosa  # imported here: it takes a while and only resampling needs it
+
+    out = librosa.resample(np.asarray(wave, dtype=np.float32), orig_sr=orig_sr, target_sr=target_sr,
+                           res_type="soxr_hq")
+    return out.astype(np.float32, copy=False)
+
+
+def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a mono (N,) or multichannel (N, C) float waveform as 16-bit PCM WAV or FLAC (by the
+    extension). Values are clipped to [-1, 1]; the parent folder is created."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in _SAVE_SUBTYPES:
+        raise AudioError(f"{path}: cannot save as {ext or 'no extension'!r}; use .wav or .flac")
+    if hasattr(wave, "detach"):  # a torch tensor
+        wave = wave.detach().cpu().numpy()
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim not in (1, 2) or wave.shape[0] == 0:
+        raise AudioError(f"{path}: expected a non-empty (N,) or (N, C) waveform, got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise AudioError(f"{path}: refusing to save a waveform with NaN or infinite values")
+    fmt, subtype = _SAVE_SUBTYPES[ext]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(wave, -1.0, 1.0), int(sample_rate), format=fmt, subtype=subtype)
+
+
+def find_audio_files(folder: str | Path) -> list[Path]:
+    """All files under ``folder`` (recursively) whose extension is in AUDIO_EXTENSIONS, sorted by path.
+    A single audio file given as ``folder`` is returned as a one-element list."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such file or folder")
+    if folder.is_file():
+        if folder.suffix.lower() in AUDIO_EXTENSIONS:
+            return [folder]
+        raise AudioError(f"{folder}: not a folder and not a file with an audio extension")
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        found += [Path(root) / f for f in files if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS]
+    return sorted(found, key=lambda p: p.as_posix())
