@@ -359,6 +359,25 @@ class WordTokenizer:
         return cls(d["itos"])
 
 
+def code_counts(codes: Any, vocab_size: int) -> np.ndarray:
+    """How often each code 0 .. vocab_size - 1 occurs (int64 array of length vocab_size)."""
+    if _is_torch(codes):
+        codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes).ravel()
+    return np.bincount(codes.astype(np.int64), minlength=vocab_size)[:vocab_size]
+
+
+def unigram_entropy(counts: np.ndarray) -> float:
+    """Entropy in bits of the empirical code distribution given by ``counts`` (a code-length floor for
+    a model that ignores context)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum())
+
+
 TOKENIZER_NAMES = ("mulaw8", "mulaw10", "mulaw16", "linear8", "linear16", "bytes")
 
 
