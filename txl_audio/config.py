@@ -93,6 +93,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     tensorboard: bool = False
+    threads: int = 0  # CPU threads per process (0 = all cores, shared among local processes)
 
 
 @dataclass
@@ -154,7 +155,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         try:
-            d = tomllib.loads(path.read_text())
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValueError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
@@ -168,7 +169,11 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
+        # TOML basic string: escape quote, backslash and control characters; write the rest as UTF-8
+        # (json.dumps would write astral characters as surrogate-pair escapes, which TOML rejects)
+        return '"' + "".join(
+            c if c not in '"\\' and c >= " " and c != "\x7f" else f"\\u{ord(c):04x}" for c in v
+        ) + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
@@ -185,4 +190,4 @@ def dump_toml(d: dict[str, dict[str, Any]]) -> str:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(dump_toml(config.to_dict()))
+    Path(path).write_text(dump_toml(config.to_dict()), encoding="utf-8")
