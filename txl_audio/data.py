@@ -1,0 +1,386 @@
+"""Prepared corpora on disk, and the ordered segment streams Transformer-XL trains and evaluates on.
+
+A prepared corpus is a folder:
+
+- ``meta.json``: format version, kind (audio or text), tokenizer (``to_dict()``), sample rate, token
+  dtype, per-split totals, conversion counts, and one entry per source file (path, speaker, split,
+  token offset and length inside its split's shard);
+- ``train.bin``, ``valid.bin``, ``test.bin``: every file of the split, concatenated, as raw tokens of
+  the smallest unsigned dtype holding the vocabulary (read back with ``numpy.memmap``);
+- ``skipped.tsv`` (audio): files left out, with the reason.
+
+``txl_audio.prepare`` builds such folders (``prepare_audio``, ``prepare_text``; re-exported here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+FORMAT_NAME = "txl_audio corpus"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+IGNORE_INDEX = -100  # target value for positions that predict nothing (same as the model's)
+
+
+class CorpusError(ValueError):
+    """A folder that is not a (complete) prepared corpus, or a request it cannot serve."""
+
+
+def __getattr__(name: str) -> Any:
+    # prepare_audio / prepare_text live in txl_audio.prepare (which imports this module); the
+    # shared interface names them here, so resolve them lazily to avoid an import cycle.
+    if name in ("prepare_audio", "prepare_text", "PrepareReport"):
+        from txl_audio import prepare
+
+        return getattr(prepare, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+class CorpusWriter:
+    """Writes a corpus into a temporary folder next to ``out_dir`` and moves it into place on
+    ``commit``, so an existing corpus at ``out_dir`` is replaced whole or not at all.
+
+    Use as a context manager: an exception inside the ``with`` block removes the temporary folder
+    and leaves ``out_dir`` untouched.
+    """
+
+    def __init__(self, out_dir: str | Path, tokenizer: Any, kind: str, sample_rate: int | None = None):
+        from txl_audio.tokenizers import token_dtype
+
+        self.out_dir = Path(out_dir)
+        check_replaceable(self.out_dir)
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.sample_rate = sample_rate
+        self.dtype = np.dtype(token_dtype(tokenizer.vocab_size))
+        self.files: list[dict[str, Any]] = []
+        self.split_tokens = {s: 0 for s in SPLITS}
+        self.split_files = {s: 0 for s in SPLITS}
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}"
+        if self.tmp_dir.exists():  # left by a killed run of this same process id
+            shutil.rmtree(self.tmp_dir)
+        self.tmp_dir.mkdir()
+        self._shards: dict[str, BinaryIO] = {s: open(self.tmp_dir / f"{s}.bin", "wb") for s in SPLITS}
+
+    def add(self, split: str, tokens: np.ndarray, path: str, speaker: str | None = None,
+            **extra: Any) -> dict[str, Any]:
+        """Append one file's tokens to ``split``; returns its meta.json entry."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        tokens = np.ascontiguousarray(tokens, dtype=self.dtype).reshape(-1)
+        entry = {"path": path, "speaker": speaker, "split": split,
+                 "offset": self.split_tokens[split], "length": int(tokens.size), **extra}
+        self._shards[split].write(tokens.tobytes())
+        self.split_tokens[split] += int(tokens.size)
+        self.split_files[split] += 1
+        self.files.append(entry)
+        return entry
+
+    def write_text(self, name: str, text: str) -> None:
+        (self.tmp_dir / name).write_text(text, encoding="utf-8")
+
+    def commit(self, **meta_extra: Any) -> Path:
+        """Write meta.json and move the folder into place; returns ``out_dir``."""
+        for f in self._shards.values():
+            f.close()
+        splits = {}
+        for s in SPLITS:
+            splits[s] = {"files": self.split_files[s], "tokens": self.split_tokens[s]}
+            if self.sample_rate:
+                splits[s]["seconds"] = round(self.split_tokens[s] / self.sample_rate, 3)
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "tokenizer": self.tokenizer.to_dict(),
+            "unit": getattr(self.tokenizer, "unit", None),
+            "vocab_size": int(self.tokenizer.vocab_size),
+            "sample_rate": self.sample_rate,
+            "dtype": self.dtype.name,
+            "splits": splits,
+            **meta_extra,
+            "files": self.files,  # last: the long part
+        }
+        # no timestamps, insertion-ordered keys: the same input gives byte-identical output
+        (self.tmp_dir / "meta.json").write_text(_meta_json(meta), encoding="utf-8")
+        _replace_dir(self.tmp_dir, self.out_dir)
+        return self.out_dir
+
+    def abort(self) -> None:
+        for f in self._shards.values():
+            f.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def __enter__(self) -> CorpusWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.tmp_dir.exists():
+            self.abort()  # after a successful commit tmp_dir no longer exists: nothing to do
+
+
+def _meta_json(meta: dict[str, Any]) -> str:
+    """Indented JSON, except one line per file entry (a corpus can list millions of files)."""
+    head = {k: v for k, v in meta.items() if k != "files"}
+    text = json.dumps({**head, "files": []}, indent=1, ensure_ascii=False)
+    assert text.endswith('"files": []\n}')
+    rows = ",\n".join("  " + json.dumps(f, ensure_ascii=False) for f in meta["files"])
+    return text[: -len("[]\n}")] + ("[\n" + rows + "\n ]\n}\n" if rows else "[]\n}\n")
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds something other than a prepared corpus."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise CorpusError(f"output path {out_dir} exists and is not a folder; choose another --out")
+        if any(out_dir.iterdir()) and not (out_dir / "meta.json").is_file():
+            raise CorpusError(
+                f"output folder {out_dir} is not empty and is not a prepared corpus (no meta.json); "
+                "refusing to replace it: choose another --out or empty it")
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    # Two renames instead of one because a non-empty folder cannot be renamed over another.
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(dest, old)
+        os.rename(new, dest)
+        shutil.rmtree(old)
+    else:
+        os.rename(new, dest)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+class Corpus:
+    """A prepared corpus folder: ``meta``, ``tokenizer``, ``tokens(split)``, ``files(split)``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        hint = "prepare one with `txl-audio prepare-audio` or `txl-audio prepare-text`"
+        if not self.path.exists():
+            raise FileNotFoundError(f"corpus folder {self.path} does not exist; {hint}")
+        if not meta_path.is_file():
+            raise CorpusError(f"{self.path} is not a prepared corpus (no meta.json); {hint}")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorpusError(f"{meta_path} is not valid JSON ({e}); prepare the corpus again") from None
+        if self.meta.get("format") != FORMAT_NAME or self.meta.get("version") != FORMAT_VERSION:
+            raise CorpusError(
+                f"{meta_path} is not a txl_audio corpus of format version {FORMAT_VERSION} "
+                f"(format={self.meta.get('format')!r}, version={self.meta.get('version')!r}); {hint}")
+        self.dtype = np.dtype(self.meta["dtype"])
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from txl_audio.tokenizers import tokenizer_from_dict
+
+        return tokenizer_from_dict(self.meta["tokenizer"])
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    @property
+    def sample_rate(self) -> int | None:
+        return self.meta.get("sample_rate")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.meta["splits"]:
+            raise CorpusError(f"corpus {self.path} has no split {split!r}; it has {self.splits}")
+
+    def n_tokens(self, split: str) -> int:
+        self._check_split(split)
+        return int(self.meta["splits"][split]["tokens"])
+
+    def tokens(self, split: str) -> np.ndarray:
+        """All tokens of ``split`` as a read-only memmap (1-D, the corpus dtype)."""
+        n = self.n_tokens(split)
+        shard = self.path / f"{split}.bin"
+        if not shard.is_file():
+            raise CorpusError(f"corpus {self.path} is incomplete: {shard.name} is missing; prepare it again")
+        size = shard.stat().st_size
+        if size != n * self.dtype.itemsize:
+            raise CorpusError(f"{shard} holds {size} bytes but meta.json says {n} tokens of "
+                              f"{self.dtype.name}; the corpus is damaged: prepare it again")
+        if n == 0:
+            return np.zeros(0, dtype=self.dtype)  # numpy cannot map an empty file
+        return np.memmap(shard, dtype=self.dtype, mode="r", shape=(n,))
+
+    def files(self, split: str) -> list[dict[str, Any]]:
+        """meta.json entries (path, speaker, split, offset, length, ...) of ``split`` in shard order."""
+        self._check_split(split)
+        return [f for f in self.meta["files"] if f["split"] == split]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={v['tokens']}" for s, v in self.meta["splits"].items())
+        return f"Corpus({str(self.path)!r}, {self.meta['kind']}, tokens: {sizes})"
+
+
+# --------------------------------------------------------------------------------------------
+# streaming
+
+
+@dataclass
+class Batch:
+    """One step's input for B parallel streams of T tokens."""
+
+    tokens: torch.Tensor  # (B, T) int64
+    targets: torch.Tensor  # (B, T) int64: next token of the same file, IGNORE_INDEX otherwise
+    doc_pos: torch.Tensor  # (B, T) int64: position in its file, counted from the stream start at most
+    epoch: int
+    index: int  # batch number within the epoch
+
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(self.tokens.to(device, non_blocking=non_blocking),
+                     self.targets.to(device, non_blocking=non_blocking),
+                     self.doc_pos.to(device, non_blocking=non_blocking), self.epoch, self.index)
+
+    @property
+    def n_targets(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+class SegmentStream:
+    """Batches of ``batch_size`` parallel streams of ``tgt_len`` tokens for Transformer-XL.
+
+    Per epoch the split's files are put in order (a seeded permutation when ``shuffle``, the
+    prepared order otherwise), concatenated into one sequence of N tokens, and cut into
+    S = batch_size * world_size contiguous streams of L = ceil(N / S) tokens; process ``rank``
+    owns streams rank*B .. rank*B+B-1. Batch k holds tokens k*T .. k*T+T-1 of each of its streams,
+    so the model's memory carries from one batch to the next. Every rank gets ceil(L / T) batches
+    per epoch; positions past a stream's end are padding (token 0, target IGNORE_INDEX, doc_pos 0).
+
+    Targets never cross a file boundary: the last token of a file predicts nothing, so a file of n
+    tokens contributes n - 1 predictions, each exactly once per epoch over all ranks (a stream's
+    last position predicts the first token of the next stream when both are in the same file).
+    ``doc_pos`` gives each token's position within its file, counted from the stream's start if the
+    stream began inside the file; the model must not attend further back than that.
+
+    ``epochs``: number of passes; None = endless. The default ("auto") is endless when ``shuffle``
+    (training) and one pass otherwise (evaluation). A finished finite pass resets the position,
+    so iterating again repeats it. ``state_dict``/``load_state_dict`` save and restore the exact
+    position; the file order of epoch e is drawn from a generator seeded with (seed, e), so the
+    epoch number is the whole RNG state.
+    """
+
+    def __init__(self, corpus: Corpus | str | Path, split: str, batch_size: int, tgt_len: int,
+                 shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 epochs: int | None | str = "auto"):
+        self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+        if batch_size < 1 or tgt_len < 1:
+            raise ValueError(f"batch_size and tgt_len must be >= 1, got {batch_size} and {tgt_len}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank} world_size={world_size}")
+        self.split, self.batch_size, self.tgt_len = split, batch_size, tgt_len
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.epochs = (None if shuffle else 1) if epochs == "auto" else epochs
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1 or None, got {self.epochs}")
+        files = self.corpus.files(split)
+        self.data = self.corpus.tokens(split)
+        self.n_tokens = int(self.data.size)
+        if self.n_tokens == 0:
+            raise CorpusError(f"split {split!r} of corpus {self.corpus.path} is empty; nothing to stream")
+        self._offsets = np.array([f["offset"] for f in files], dtype=np.int64)
+        self._lengths = np.array([f["length"] for f in files], dtype=np.int64)
+        n_streams = batch_size * world_size
+        self.stream_len = math.ceil(self.n_tokens / n_streams)
+        self.batches_per_epoch = math.ceil(self.stream_len / tgt_len)
+        # first stream of this rank's block; stream g covers [g * L, min((g + 1) * L, N))
+        g = rank * batch_size + np.arange(batch_size, dtype=np.int64)
+        self._stream_start = g * self.stream_len  # (B,)
+        self._stream_end = np.minimum(self._stream_start + self.stream_len, self.n_tokens)  # (B,)
+        self._epoch = 0
+        self._batch = 0
+        self._order_epoch = -1
+
+    # -- position --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "batch": self._batch, "seed": self.seed, "shuffle": self.shuffle,
+                "batch_size": self.batch_size, "tgt_len": self.tgt_len,
+                "world_size": self.world_size, "n_tokens": self.n_tokens}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "shuffle", "batch_size", "tgt_len", "world_size", "n_tokens"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(
+                    f"cannot resume this stream: saved {key}={state.get(key)!r} but this stream has "
+                    f"{key}={getattr(self, key)!r} (resuming needs the same data and batch layout)")
+        if not 0 <= state["batch"] <= self.batches_per_epoch:
+            raise ValueError(f"saved batch {state['batch']} is outside 0..{self.batches_per_epoch}")
+        self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+
+    def __len__(self) -> int:
+        if self.epochs is None:
+            raise TypeError("an endless SegmentStream (epochs=None) has no length")
+        return self.batches_per_epoch * self.epochs
+
+    # -- batches ---------------------------------------------------------------------------
+    def _set_epoch_order(self, epoch: int) -> None:
+        if self._order_epoch == epoch:
+            return
+        n = self._lengths.size
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        else:
+            order = np.arange(n)
+        lengths = self._lengths[order]
+        self._file_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # in the epoch's sequence
+        self._file_offset = self._offsets[order]  # in the shard
+        self._order_epoch = epoch
+
+    def batch(self, epoch: int, index: int) -> Batch:
+        """Batch ``index`` of epoch ``epoch`` (pure: does not move the stream's position)."""
+        self._set_epoch_order(epoch)
+        B, T, N = self.batch_size, self.tgt_len, self.n_tokens
+        # virtual positions in the epoch's concatenated sequence, one extra for the last target
+        v = self._stream_start[:, None] + index * T + np.arange(T + 1)[None, :]  # (B, T+1)
+        vc = np.minimum(v, N - 1)
+        fidx = np.searchsorted(self._file_start, vc, side="right") - 1  # (B, T+1) file of each position
+        fstart = self._file_start[fidx]
+        tok = self.data[self._file_offset[fidx] + (vc - fstart)].astype(np.int64)  # (B, T+1)
+        live = v[:, :T] < self._stream_end[:, None]  # (B, T) inside this stream
+        has_next = live & (v[:, 1:] < N) & (fidx[:, 1:] == fidx[:, :T])
+        tokens = np.where(live, tok[:, :T], 0)
+        targets = np.where(has_next, tok[:, 1:], IGNORE_INDEX)
+        since = np.maximum(fstart[:, :T], self._stream_start[:, None])  # file start, or stream start
+        doc_pos = np.where(live, v[:, :T] - since, 0)
+        assert tokens.shape == (B, T)
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(targets), torch.from_numpy(doc_pos),
+                     epoch, index)
+
+    def __iter__(self):
+        while self.epochs is None or self._epoch < self.epochs:
+            while self._batch < self.batches_per_epoch:
+                epoch, index = self._epoch, self._batch
+                self._batch += 1  # before yielding: a state saved now resumes at the next batch
+                yield self.batch(epoch, index)
+            self._epoch += 1
+            self._batch = 0
+        self._epoch = 0  # a finished finite pass starts over when iterated again
