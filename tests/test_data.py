@@ -200,3 +200,42 @@ def test_writer_replaces_a_corpus_whole_or_not_at_all(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(CorpusError, match="refusing to replace"):
         CorpusWriter(tmp_path / "mine", tok, kind="text")
+
+
+def test_no_context_leaks_across_a_file_start(tmp_path):
+    """Losses of file B streamed right after file A (inside the same segment, with A in the memory)
+    equal the losses of B streamed alone; without doc_pos they would not."""
+    model_mod = pytest.importorskip("txl_audio.model")
+    from txl_audio.config import ModelConfig
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(2, 50, 45), rng.integers(2, 50, 30)
+    tok = WordTokenizer(["<unk>", "<eos>"] + [f"w{i}" for i in range(48)])
+    for name, files in (("ab", [a, b]), ("b", [b])):
+        with CorpusWriter(tmp_path / name, tok, kind="text") as w:
+            for i, f in enumerate(files):
+                w.add("train", f, path=f"f{i}")
+            w.commit()
+    torch.manual_seed(0)
+    T = 16  # B starts at position 45 = 2 * 16 + 13: mid-segment, A's tail in the same segment and memory
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64,
+                      dropout=0.0, tgt_len=T, mem_len=48)  # mem_len >= len(B): B sees all of itself
+    model = model_mod.TransformerXL(cfg).eval()
+
+    def losses_from(corpus_dir, start, use_doc_pos=True):
+        """Per-position losses of one stream (batch_size 1), from stream position ``start`` on."""
+        mems, losses = None, []
+        with torch.no_grad():
+            for batch in SegmentStream(Corpus(corpus_dir), "train", 1, T):
+                o = model(batch.tokens, mems=mems, targets=batch.targets,
+                          doc_pos=batch.doc_pos if use_doc_pos else None)
+                mems = o.mems
+                losses.append(torch.where(batch.targets[0] == IGNORE_INDEX, torch.nan, o.loss[0]))
+        out = torch.cat(losses)[start:start + len(b) - 1].numpy()
+        assert not np.isnan(out).any()  # every prediction inside B is made
+        return out
+
+    alone, after_a = losses_from(tmp_path / "b", 0), losses_from(tmp_path / "ab", len(a))
+    np.testing.assert_allclose(after_a, alone, rtol=1e-5, atol=1e-5)
+    leaky = losses_from(tmp_path / "ab", len(a), use_doc_pos=False)
+    assert not np.allclose(leaky, alone, atol=1e-4)
