@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tqdm import tqdm
@@ -50,8 +50,9 @@ class PrepareReport:
             parts.append(f"{s} {v['files']} files {size}")
         line = f"prepared {self.out_dir}: " + ", ".join(parts)
         if self.conversions:
-            line += "; converted: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in
-                                               self.conversions.items())
+            c = self.conversions
+            line += (f"; converted: {c['resampled']} resampled, {c['downmixed']} downmixed to mono, "
+                     f"{c['converted_bit_depth']} from another bit depth or encoding")
         if self.skipped:
             line += f"; skipped {len(self.skipped)} bad file(s), see {self.out_dir / 'skipped.tsv'}"
         elif self.conversions:
@@ -87,7 +88,7 @@ def _read_manifest(manifest: Path) -> list[AudioSource]:
         if not str(e).strip():
             continue
         full = p if p.is_absolute() else base / p
-        name = p.as_posix() if not p.is_absolute() else p.name
+        name = p.as_posix()  # as written: what --speaker-regex is searched in
         out.append(AudioSource(full.absolute(), name))
     return out
 
@@ -130,7 +131,7 @@ def speaker_of(name: str, regex: re.Pattern[str]) -> str:
     m = regex.search(name)
     if m:
         return m.group(1) if m.groups() else m.group(0)
-    return name.rsplit(".", 1)[0] if "." in Path(name).name else name
+    return str(PurePosixPath(name).with_suffix(""))
 
 
 def _hash01(key: str) -> float:
