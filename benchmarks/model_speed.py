@@ -1,0 +1,244 @@
+"""Model throughput: ours vs the straightforward einsum Transformer-XL, in the same run.
+
+- training tokens/s: forward + backward + AdamW step, memory carried between segments;
+- evaluation tokens/s: forward with memory, no gradients;
+- cached decoding tokens/s (``init_cache``/``step``) vs decoding by feeding memories back (one token
+  through ``forward`` with the hidden states of the same context as ``mems``), batch 1 and 16.
+
+Defaults are the issue's configuration: n_layer 4, d_model 256, 4 heads, d_inner 1024, vocab 256,
+tgt_len 512, mem_len 512, batch 4, float32, 2 threads; decoding uses mem_len 1024. Measurements
+alternate between the two implementations and report the median of the repeats.
+
+    python benchmarks/model_speed.py              # full run (a few minutes on 2 cores)
+    python benchmarks/model_speed.py --quick      # tiny smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from einsum_reference import from_model  # noqa: E402
+
+from txl_audio.config import ModelConfig  # noqa: E402
+from txl_audio.model import TransformerXL  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "model_speed.json"
+
+
+def bench_config(quick: bool = False) -> ModelConfig:
+    if quick:
+        return ModelConfig(
+            vocab_size=256, n_layer=2, d_model=64, n_head=2, d_head=32, d_inner=128,
+            dropout=0.1, tgt_len=32, mem_len=32,
+        )  # fmt: skip
+    return ModelConfig(
+        vocab_size=256, n_layer=4, d_model=256, n_head=4, d_head=64, d_inner=1024,
+        dropout=0.1, tgt_len=512, mem_len=512,
+    )  # fmt: skip
+
+
+def _segments(cfg: ModelConfig, batch: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, cfg.vocab_size, (batch, cfg.tgt_len + 1), generator=g) for _ in range(n)]
+
+
+def make_train_step(model: torch.nn.Module) -> Callable[[torch.Tensor], None]:
+    """One training step per call (fwd + bwd + AdamW) on a (B, T+1) segment; memory carried."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    state: dict = {"mems": None}
+
+    def step(seg: torch.Tensor) -> None:
+        out = model(seg[:, :-1], mems=state["mems"], targets=seg[:, 1:], return_logits=False)
+        out.loss.mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["mems"] = out.mems
+
+    return step
+
+
+def make_eval_step(model: torch.nn.Module) -> Callable[[torch.Tensor], None]:
+    """One evaluation forward per call (memory carried, no gradients)."""
+    state: dict = {"mems": None}
+
+    @torch.no_grad()
+    def step(seg: torch.Tensor) -> None:
+        out = model(seg[:, :-1], mems=state["mems"], targets=seg[:, 1:], return_logits=False)
+        state["mems"] = out.mems
+
+    return step
+
+
+def time_steps(step: Callable[[torch.Tensor], None], segs: list[torch.Tensor], warmup: int = 1) -> float:
+    """Tokens per second of ``step`` over ``segs`` (the first ``warmup`` not timed, but they build
+    the memory)."""
+    for s in segs[:warmup]:
+        step(s)
+    t0 = time.perf_counter()
+    for s in segs[warmup:]:
+        step(s)
+    dt = time.perf_counter() - t0
+    return sum(s.shape[0] * (s.shape[1] - 1) for s in segs[warmup:]) / dt
+
+
+def compare_throughput(
+    cfg: ModelConfig, batch: int, steps: int, repeats: int, train: bool
+) -> dict[str, float | list[float]]:
+    """Ours vs einsum, same weights, alternating runs of ``steps`` timed segments; median tokens/s."""
+    torch.manual_seed(0)
+    ours = TransformerXL(cfg)
+    ref = from_model(ours)
+    ours.train(train)
+    ref.train(train)
+    make = make_train_step if train else make_eval_step
+    segs = _segments(cfg, batch, steps + 1)
+    runs: dict[str, list[float]] = {"ours": [], "einsum": []}
+    step_ours, step_ref = make(ours), make(ref)
+    for _ in range(repeats):
+        runs["ours"].append(time_steps(step_ours, segs))
+        runs["einsum"].append(time_steps(step_ref, segs))
+    o, r = statistics.median(runs["ours"]), statistics.median(runs["einsum"])
+    return {"ours": o, "einsum": r, "ratio": o / r, "ours_runs": runs["ours"], "einsum_runs": runs["einsum"]}
+
+
+@torch.no_grad()
+def decode_cached(model: TransformerXL, prompt: torch.Tensor, n_new: int) -> tuple[torch.Tensor, float]:
+    """Greedy decoding with the key/value cache; returns the new tokens (B, n_new) and tokens/s
+    (prompt processing not timed)."""
+    cache = model.init_cache(prompt.shape[0])
+    for s in range(0, prompt.shape[1], model.config.tgt_len):
+        logits, cache = model.step(prompt[:, s : s + model.config.tgt_len], cache)
+    tok = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+    out = [tok]
+    t0 = time.perf_counter()
+    for _ in range(n_new - 1):
+        logits, cache = model.step(tok, cache)
+        tok = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(tok)
+    dt = time.perf_counter() - t0
+    return torch.cat(out, 1), prompt.shape[0] * (n_new - 1) / dt
+
+
+@torch.no_grad()
+def decode_feeding_memories(
+    model: torch.nn.Module, prompt: torch.Tensor, n_new: int
+) -> tuple[torch.Tensor, float]:
+    """Greedy decoding the way the authors' code decodes: each token goes through forward() with the
+    per-layer hidden states of its context as memory; the context grows within a segment and is cut
+    to the last mem_len positions at each segment boundary (the same context the cache sees)."""
+    c = model.config
+    ctx = None
+    pos = 0
+
+    def feed(tok: torch.Tensor) -> torch.Tensor:
+        nonlocal ctx, pos
+        if pos % c.tgt_len == 0 and ctx is not None:
+            ctx = tuple(m[:, -c.mem_len :] for m in ctx)
+        keep = (0 if ctx is None else ctx[0].shape[1]) + 1
+        out = model(tok, mems=ctx, mem_len=keep)
+        ctx = out.mems
+        pos += 1
+        return out.logits[:, -1]
+
+    # the prompt's context is built with whole segments (fast, same result); not timed
+    for s in range(0, prompt.shape[1], c.tgt_len):
+        seg = prompt[:, s : s + c.tgt_len]
+        if ctx is not None:
+            ctx = tuple(m[:, -c.mem_len :] for m in ctx)
+        o = model(seg, mems=ctx, mem_len=(0 if ctx is None else ctx[0].shape[1]) + seg.shape[1])
+        ctx, pos, logits = o.mems, pos + seg.shape[1], o.logits[:, -1]
+    tok = logits.argmax(-1, keepdim=True)
+    out = [tok]
+    t0 = time.perf_counter()
+    for _ in range(n_new - 1):
+        tok = feed(tok).argmax(-1, keepdim=True)
+        out.append(tok)
+    dt = time.perf_counter() - t0
+    return torch.cat(out, 1), prompt.shape[0] * (n_new - 1) / dt
+
+
+def compare_decoding(cfg: ModelConfig, batch: int, prompt_len: int, n_new: int) -> dict[str, float | bool]:
+    torch.manual_seed(0)
+    model = TransformerXL(cfg).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len))
+    tok_c, cached = decode_cached(model, prompt, n_new)
+    tok_f, fed = decode_feeding_memories(model, prompt, n_new)
+    return {
+        "cached": cached,
+        "feeding_memories": fed,
+        "ratio": cached / fed,
+        "same_tokens": bool((tok_c == tok_f).all()),
+    }
+
+
+def run(quick: bool = False, out: Path | None = RESULTS, threads: int = 2) -> dict:
+    torch.set_num_threads(threads)
+    cfg = bench_config(quick)
+    batch = 2 if quick else 4
+    steps, repeats = (2, 1) if quick else (3, 3)
+    res: dict = {
+        "config": dataclasses.asdict(cfg),
+        "batch": batch,
+        "threads": threads,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    res["train"] = compare_throughput(cfg, batch, steps, repeats, train=True)
+    res["eval"] = compare_throughput(cfg, batch, steps, repeats, train=False)
+    dcfg = dataclasses.replace(cfg, mem_len=64 if quick else 1024, dropout=0.0)
+    # the prompt fills the memory, so every timed token attends mem_len .. mem_len + tgt_len keys
+    prompt_len = dcfg.mem_len + dcfg.tgt_len
+    n_new = 8 if quick else 48
+    res["decode_mem_len"] = dcfg.mem_len
+    for b in (1, 16):
+        res[f"decode_b{b}"] = compare_decoding(dcfg, b, prompt_len, n_new)
+    print_table(res)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+        print(f"wrote {out}")
+    return res
+
+
+def print_table(res: dict) -> None:
+    c = res["config"]
+    print(
+        f"n_layer {c['n_layer']}, d_model {c['d_model']}, heads {c['n_head']}, d_inner {c['d_inner']}, "
+        f"vocab {c['vocab_size']}, tgt_len {c['tgt_len']}, mem_len {c['mem_len']}, batch {res['batch']}, "
+        f"float32, {res['threads']} threads, torch {res['torch']}"
+    )
+    print(f"{'measure':<34}{'ours tok/s':>12}{'baseline tok/s':>16}{'ratio':>8}")
+    for key, name in (("train", "training (fwd+bwd+AdamW)"), ("eval", "evaluation (fwd, memory)")):
+        r = res[key]
+        print(f"{name:<34}{r['ours']:>12.0f}{r['einsum']:>16.0f}{r['ratio']:>7.2f}x   baseline: einsum")
+    for b in (1, 16):
+        r = res[f"decode_b{b}"]
+        name = f"decoding, batch {b}, mem_len {res['decode_mem_len']}"
+        print(
+            f"{name:<34}{r['cached']:>12.0f}{r['feeding_memories']:>16.0f}{r['ratio']:>7.2f}x   "
+            f"baseline: feeding memories back (same tokens: {r['same_tokens']})"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny configuration, a few seconds (smoke test)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results file (default {RESULTS})")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    args = ap.parse_args(argv)
+    run(args.quick, args.out, args.threads)
+
+
+if __name__ == "__main__":
+    main()

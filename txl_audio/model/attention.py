@@ -1,0 +1,164 @@
+"""Multi-head attention for Transformer-XL: relative positions (Dai et al. 2019, section 3.3) and the
+absolute-position baseline, over memory + segment, for whole segments and for cached decoding.
+
+Shape letters: B = batch, T = queries (segment), M = memory positions, K = M + T keys,
+H = heads, Dh = head size, D = d_model.
+
+The relative score of query i and key j (eq. in section 3.3, E = layer input, R = sinusoid):
+
+    A_ij = (E_i W_q)(E_j W_kE)^T          (a) content
+         + (E_i W_q)(R_{i-j} W_kR)^T      (b) content-dependent position
+         + u (E_j W_kE)^T                 (c) global content bias
+         + v (R_{i-j} W_kR)^T             (d) global position bias
+         = (q_i + u) k_j^T + (q_i + v) r_{i-j}^T
+
+(a)+(c) is an ordinary attention score with queries q + u, so it runs inside
+``scaled_dot_product_attention``; (b)+(d) is computed once per layer as a (T, K+1) matrix against
+every distance and *shifted* so that column j holds distance i-j; it enters SDPA as the additive
+float mask, together with the -inf of masked keys.
+
+Masking is a function of the distance d = i - j (query and key positions in the stream) and one
+per-query limit: key j is visible to query i iff 0 <= d <= limit_i. The limit is the document
+position (``doc_pos``: no attention across a file start), and with ``same_length`` at most
+mem_len - 1 (every query sees the same number of keys, the authors' ``same_length``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoid(positions: Tensor, dim: int) -> Tensor:
+    """Positions (L,) -> (L, dim) embedding [sin(p w) | cos(p w)], w_k = 10000^(-2k/dim)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (L, dim/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def relative_distances(klen: int, clamp_len: int, device: torch.device | None = None) -> Tensor:
+    """The K + 1 distances ``klen-1, ..., 1, 0, -1`` (descending) that ``rel_shift`` expects, clamped
+    to ``clamp_len`` (distances beyond it share one embedding; < 0 = no clamp). The last one (-1, a
+    future key) is always masked; it only makes the shift a free view."""
+    d = torch.arange(klen - 1, -2, -1, device=device)
+    if clamp_len >= 0:
+        d = d.clamp(max=clamp_len)
+    return d
+
+
+def rel_shift(scores: Tensor) -> Tensor:
+    """(..., T, K+1) scores of each query against distances K-1..-1 -> (..., T, K) against keys.
+
+    Query i sits at key index M + i (M = K - T), so key j is at distance M + i - j, found in column
+    T - 1 - i + j. Reading the flattened rows from offset T - 1 with row length K does exactly that:
+    row i starts i*(K+1) + T-1-i into the buffer. A view, no copy (the authors pad and copy instead).
+    Entries for future keys (j > M + i + 1) read the next row: they must be masked.
+    """
+    T, K1 = scores.shape[-2], scores.shape[-1]
+    K = K1 - 1
+    flat = scores.flatten(-2)  # (..., T*(K+1))
+    return flat.narrow(-1, T - 1, T * K).unflatten(-1, (T, K))  # (..., T, K)
+
+
+def attention_mask(
+    qlen: int,
+    klen: int,
+    limit: Tensor | int | None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Additive mask (0 visible, -inf hidden) for ``qlen`` queries that are the last of ``klen`` keys.
+
+    Key j is visible to query i iff 0 <= d <= limit_i with d = klen - qlen + i - j. ``limit``: None
+    (causal only), an int (same for all), or (B, T) per query (then the mask is (B, 1, T, K);
+    otherwise (1, 1, T, K)). Every query sees at least itself (d = 0), so no row is empty.
+    """
+    i = torch.arange(qlen, device=device)
+    j = torch.arange(klen, device=device)
+    d = (klen - qlen + i)[:, None] - j[None, :]  # (T, K)
+    hidden = d < 0
+    if isinstance(limit, Tensor):
+        hidden = hidden | (d[None] > limit[:, :, None])  # (B, T, K)
+        hidden = hidden[:, None]  # (B, 1, T, K)
+    else:
+        if limit is not None:
+            hidden = hidden | (d > limit)
+        hidden = hidden[None, None]  # (1, 1, T, K)
+    zero = torch.zeros((), device=device, dtype=dtype)
+    return torch.where(hidden, torch.tensor(float("-inf"), device=device, dtype=dtype), zero)
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention of a segment over memory + segment, relative (u, v, W_kR) or absolute.
+
+    Parameters: ``qkv`` (3*H*Dh, D) = [W_q; W_kE; W_v] without bias (as the paper writes them),
+    ``out`` (D, H*Dh) without bias; relative only: ``r_net`` (H*Dh, D) = W_kR, ``u``, ``v`` (H, Dh)
+    (per layer, as the authors' released models untie them).
+    """
+
+    def __init__(self, d_model: int, n_head: int, d_head: int, dropatt: float, relative: bool) -> None:
+        super().__init__()
+        self.n_head, self.d_head, self.relative = n_head, d_head, relative
+        self.scale = 1.0 / math.sqrt(d_head)
+        self.dropatt = dropatt
+        hd = n_head * d_head
+        self.qkv = nn.Linear(d_model, 3 * hd, bias=False)
+        self.out = nn.Linear(hd, d_model, bias=False)
+        if relative:
+            self.r_net = nn.Linear(d_model, hd, bias=False)
+            self.u = nn.Parameter(torch.zeros(n_head, d_head))
+            self.v = nn.Parameter(torch.zeros(n_head, d_head))
+
+    def rel_keys(self, pos_emb: Tensor) -> Tensor:
+        """(R, D) sinusoids of distances -> (H, R, Dh) relative keys R W_kR."""
+        r = self.r_net(pos_emb)  # (R, H*Dh)
+        return r.view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, R, Dh)
+
+    def project(self, x: Tensor, mem: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries for x (B, T, D); keys and values for [mem; x] (B, M+T, D). Returns q (B, T, H, Dh),
+        k, v (B, K, H, Dh) as views (no copies)."""
+        B, T, _ = x.shape
+        hd = self.n_head * self.d_head
+        if mem is None or mem.size(1) == 0:
+            qkv = self.qkv(x).view(B, T, 3, self.n_head, self.d_head)  # (B, T, 3, H, Dh)
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        w = self.qkv.weight
+        q = F.linear(x, w[:hd]).view(B, T, self.n_head, self.d_head)  # (B, T, H, Dh)
+        # keys and values of the memory are re-projected with the current weights (the paper's
+        # recurrence: memory is hidden states, gradients reach W_kE and W_v through it)
+        kv = F.linear(torch.cat([mem, x], dim=1), w[hd:])  # (B, K, 2*H*Dh)
+        kv = kv.view(B, -1, 2, self.n_head, self.d_head)  # (B, K, 2, H, Dh)
+        return q, kv[:, :, 0], kv[:, :, 1]
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
+        """q (B, T, H, Dh); k, v (B, K, H, Dh); rel_k (H, K+1, Dh) for distances K-1..-1 (relative);
+        mask additive (B|1, 1, T, K), or None where causality needs no mask: T == 1 (one query over
+        its whole context), or absolute attention with T == K (SDPA's is_causal). Returns (B, T, H*Dh)."""
+        B, T = q.shape[:2]
+        qh = q.transpose(1, 2)  # (B, H, T, Dh)
+        kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, K, Dh)
+        p = self.dropatt if self.training else 0.0
+        if self.relative:
+            assert rel_k is not None
+            # the 1/sqrt(Dh) scale is folded into the queries so (b)+(d) is scaled once, here
+            qu = (qh + self.u[:, None]) * self.scale  # (B, H, T, Dh)
+            qv = (qh + self.v[:, None]) * self.scale
+            bias = rel_shift(torch.matmul(qv, rel_k.transpose(-1, -2)))  # (B, H, T, K), a view
+            bias = bias + mask if mask is not None else bias.contiguous()
+            o = F.scaled_dot_product_attention(
+                qu, kh, vh, attn_mask=bias.to(qu.dtype), dropout_p=p, scale=1.0
+            )
+        else:
+            causal_only = mask is None and T == k.shape[1]
+            o = F.scaled_dot_product_attention(
+                qh, kh, vh, attn_mask=None if causal_only else mask, dropout_p=p, is_causal=causal_only
+            )
+        return o.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*Dh)
+
+    def forward(self, x: Tensor, mem: Tensor | None, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
+        """x (B, T, D), mem (B, M, D) or None -> (B, T, D) (before dropout and residual)."""
+        q, k, v = self.project(x, mem)
+        return self.out(self.attend(q, k, v, rel_k, mask))
