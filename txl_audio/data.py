@@ -21,10 +21,12 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where batches are made: preparing a corpus does not need it
+    import torch
 
 FORMAT_NAME = "txl_audio corpus"
 FORMAT_VERSION = 1
@@ -372,6 +374,8 @@ class SegmentStream:
         since = np.maximum(fstart[:, :T], self._stream_start[:, None])  # file start, or stream start
         doc_pos = np.where(live, v[:, :T] - since, 0)
         assert tokens.shape == (B, T)
+        import torch
+
         return Batch(torch.from_numpy(tokens), torch.from_numpy(targets), torch.from_numpy(doc_pos),
                      epoch, index)
 

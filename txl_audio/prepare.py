@@ -255,7 +255,7 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
     seconds = 0.0
     jobs = [(str(s.path), tokenizer) for s in sources]
     bar = tqdm(total=len(jobs), unit="file", desc="prepare-audio", disable=None if progress else True)
-    with CorpusWriter(out_dir, tok, kind="audio", sample_rate=SAMPLE_RATE) as writer:
+    with bar, CorpusWriter(out_dir, tok, kind="audio", sample_rate=SAMPLE_RATE) as writer:
         for src, spk, key, res in zip(sources, speakers, keys, _ordered_results(jobs, workers)):
             bar.update(1)
             if res[0] == "bad":
@@ -270,7 +270,6 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
             writer.add(split_of_key[key], codes, path=str(src.path), speaker=spk)
             seconds += codes.size / SAMPLE_RATE
             bar.set_postfix_str(f"{seconds / 3600:.2f} h audio", refresh=False)
-        bar.close()
         if not writer.files:
             first = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
             raise PrepareError(f"none of the {len(sources)} input file(s) could be used, so nothing was "
