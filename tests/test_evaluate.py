@@ -1,0 +1,291 @@
+"""Likelihood evaluation: equal to the model's own losses, packing and streaming change nothing they
+should not, compressor baselines are exact, and a model that learned a signal beats the compressors."""
+
+import bz2
+import csv
+import json
+import lzma
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from txl_audio.config import ModelConfig, RunConfig
+from txl_audio.evaluate import bootstrap_ci, evaluate_tokens
+from txl_audio.model import TransformerXL
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these models are tiny: with 2 threads on a loaded 2-core machine torch spends 100x more time
+    # waiting on its threads than computing
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def sharp_model(vocab=16, mem_len=16, tgt_len=8, attention="relative", seed=0, **kw) -> TransformerXL:
+    """A tiny model with large random weights, so its predictions depend strongly on the context (at the
+    usual 0.02 init every context gives nearly the uniform distribution and equivalence tests are weak)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        n_layer=2,
+        d_model=32,
+        n_head=2,
+        d_head=16,
+        d_inner=64,
+        dropout=0.0,
+        tgt_len=tgt_len,
+        mem_len=mem_len,
+        attention=attention,
+        **kw,
+    )
+    model = TransformerXL(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 or name.endswith(("u", "v")):
+                p.normal_(0, 0.4)
+    return model.eval()
+
+
+def random_docs(lengths, vocab=16, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, n).astype(np.int64) for n in lengths]
+
+
+@torch.no_grad()
+def full_pass_nll(model, doc) -> float:
+    """Summed NLL (nats) of doc[1:] from one forward over the whole file: full context, no memory."""
+    x = torch.as_tensor(doc, dtype=torch.long)[None]
+    out = model(x[:, :-1], targets=x[:, 1:])
+    # the model's loss must be its own log-probabilities; check against the logits where it gives them
+    if getattr(out, "logits", None) is not None:
+        ref = torch.nn.functional.cross_entropy(out.logits[0].float(), x[0, 1:], reduction="sum")
+        assert float(out.loss.sum()) == pytest.approx(float(ref), rel=1e-5)
+    return float(out.loss.sum())
+
+
+@torch.no_grad()
+def alone_nll(model, doc, tgt_len) -> float:
+    """Summed NLL of doc[1:] evaluated alone: segments of tgt_len from its start, memory carried, no
+    doc_pos. Uses the model's own mem_len."""
+    x = torch.as_tensor(doc, dtype=torch.long)[None]
+    total, mems = 0.0, None
+    for lo in range(0, len(doc) - 1, tgt_len):
+        hi = min(lo + tgt_len, len(doc) - 1)
+        out = model(x[:, lo:hi], mems=mems, targets=x[:, lo + 1 : hi + 1])
+        mems = out.mems
+        total += float(out.loss.sum())
+    return total
+
+
+def test_bits_equal_mean_of_model_losses():
+    model = sharp_model(mem_len=64, tgt_len=8)
+    docs = random_docs([37, 50, 23, 2])
+    res = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False)
+    ref = [full_pass_nll(model, d) for d in docs]
+    for f, r, d in zip(res.files, ref, docs):
+        assert f.tokens == len(d) - 1
+        assert f.nll_nats == pytest.approx(r, rel=1e-5, abs=1e-5)
+    n = sum(len(d) - 1 for d in docs)
+    assert res.tokens == n
+    assert res.bits_per_token == pytest.approx(sum(ref) / n / math.log(2), rel=1e-5)
+    s = res.summary()
+    assert s["file_mean_bits_per_token"] == pytest.approx(
+        np.mean([r / (len(d) - 1) / math.log(2) for r, d in zip(ref, docs)]), rel=1e-5
+    )
+    # the model's settings were restored after evaluation
+    assert (model.config.mem_len, model.config.tgt_len) == (64, 8)
+
+
+def test_packed_files_equal_each_file_alone():
+    # memory shorter than the files: the result depends on where segments start, so packing must align
+    # every file with a segment start and stop attention at its boundary
+    model = sharp_model(mem_len=8, tgt_len=8)
+    docs = random_docs([37, 50, 23, 9, 64, 17], seed=2)
+    packed = evaluate_tokens(model, docs, batch_size=3, baselines=False, progress=False)
+    for f, d in zip(packed.files, docs):
+        assert f.nll_nats == pytest.approx(alone_nll(model, d, 8), rel=1e-5)
+        one = evaluate_tokens(model, [d], batch_size=1, baselines=False, progress=False)
+        assert one.files[0].nll_nats == pytest.approx(f.nll_nats, rel=1e-5)
+    # and the test can tell: a wrong context (no memory) gives different numbers
+    short = evaluate_tokens(model, docs, batch_size=3, mem_len=0, baselines=False, progress=False)
+    assert abs(short.nll_nats - packed.nll_nats) > 1e-2
+
+
+def test_length_overrides_change_context():
+    model = sharp_model(mem_len=0, tgt_len=8)
+    docs = random_docs([60, 41], seed=3)
+    # evaluation memory longer than training memory, covering the files == one full pass
+    res = evaluate_tokens(model, docs, mem_len=64, batch_size=2, baselines=False, progress=False)
+    assert res.nll_nats == pytest.approx(sum(full_pass_nll(model, d) for d in docs), rel=1e-5)
+    assert res.lengths.mem_len == 64 and model.config.mem_len == 0
+    # longer segments, no memory, covering the files: the same
+    res2 = evaluate_tokens(model, docs, tgt_len=64, batch_size=2, baselines=False, progress=False)
+    assert res2.nll_nats == pytest.approx(res.nll_nats, rel=1e-5)
+
+
+def test_stream_with_covering_memory_equals_full_pass():
+    model = sharp_model(mem_len=80, tgt_len=8)
+    doc = random_docs([61], seed=4)[0]
+    res = evaluate_tokens(model, [doc], stream=True, batch_size=1, baselines=False, progress=False)
+    assert res.nll_nats == pytest.approx(full_pass_nll(model, doc), rel=1e-5)
+    # several files in one stream: every prediction counted once, none across a file boundary
+    docs = random_docs([30, 45, 12], seed=5)
+    res = evaluate_tokens(
+        model, docs, stream=True, batch_size=1, mem_len=128, baselines=False, progress=False
+    )
+    assert [f.tokens for f in res.files] == [29, 44, 11]
+    for f, d in zip(res.files, docs):
+        assert f.nll_nats == pytest.approx(full_pass_nll(model, d), rel=1e-5)
+    lanes = evaluate_tokens(
+        model, docs, stream=True, batch_size=3, mem_len=8, baselines=False, progress=False
+    )
+    assert lanes.tokens == 29 + 44 + 11
+
+
+def test_compressor_baselines_and_outputs(tmp_path):
+    model = sharp_model(vocab=256, mem_len=16, tgt_len=16)
+    rng = np.random.default_rng(0)
+    t = np.arange(3000)
+    docs = [
+        (128 + 60 * np.sin(2 * np.pi * t[:n] / 37.3) + rng.normal(0, 3, n)).clip(0, 255).astype(np.uint8)
+        for n in (3000, 1200, 500)
+    ]
+    res = evaluate_tokens(model, docs, ["a.wav", "b.wav", "c.wav"], batch_size=2, progress=False)
+    total_xz = total_bz = 0
+    for f, d in zip(res.files, docs):
+        payload = d[1:].astype(np.uint8).tobytes()  # exactly the predicted tokens
+        xz = len(lzma.compress(payload, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME))
+        bz = len(bz2.compress(payload, 9))
+        assert (f.xz_bytes, f.bzip2_bytes) == (xz, bz)
+        total_xz += xz
+        total_bz += bz
+    n = sum(len(d) - 1 for d in docs)
+    assert res.compressor_bits("xz") == pytest.approx(total_xz * 8 / n)
+    assert res.compressor_bits("bzip2") == pytest.approx(total_bz * 8 / n)
+    res.write(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "per_file.csv")))
+    assert [r["file"] for r in rows] == ["a.wav", "b.wav", "c.wav"]
+    xz0 = len(lzma.compress(docs[0][1:].tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME))
+    assert float(rows[0]["xz_bits_per_sample"]) == pytest.approx(xz0 * 8 / 2999, abs=1e-5)
+    assert float(rows[1]["bits_per_sample"]) == pytest.approx(res.files[1].bits_per_token, abs=1e-5)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tokens"] == n and summary["mem_len"] == 16 and summary["tgt_len"] == 16
+    assert summary["bits_per_token"] == pytest.approx(res.bits_per_token)
+
+
+def test_bootstrap_interval():
+    x = np.random.default_rng(0).normal(5, 1, 400)
+    lo, hi = bootstrap_ci(x, seed=3)
+    assert (lo, hi) == bootstrap_ci(x, seed=3)  # seeded
+    assert lo < x.mean() < hi
+    se = x.std() / math.sqrt(len(x))
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)  # the normal-theory width
+
+
+def noisy_cycle(n, perm, p, rng):
+    """A periodic token sequence (a fixed cycle through ``perm``) with each step replaced, with
+    probability p, by a random symbol of the cycle."""
+    x = [int(rng.choice(perm))]
+    nxt = {int(a): int(b) for a, b in zip(perm, np.roll(perm, -1))}
+    for _ in range(n - 1):
+        x.append(int(rng.choice(perm)) if rng.random() < p else nxt[x[-1]])
+    return np.array(x, np.int64)
+
+
+def test_learned_periodic_signal_is_far_below_compressors(tmp_path):
+    from txl_audio.checkpoint import load_model, save_checkpoint
+    from txl_audio.cli import main
+    from txl_audio.tokenizers import ByteTokenizer
+
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(np.arange(48, 112))  # a cycle of period 64 through printable characters
+    train = noisy_cycle(20000, perm, 0.05, rng)
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=256,
+        n_layer=2,
+        d_model=64,
+        n_head=2,
+        d_head=32,
+        d_inner=128,
+        dropout=0.0,
+        tgt_len=32,
+        mem_len=32,
+    )
+    model = TransformerXL(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = torch.as_tensor(train)
+    for _ in range(250):
+        starts = torch.randint(0, len(x) - 33, (16,))
+        seg = torch.stack([x[s : s + 33] for s in starts])  # (16, 33)
+        loss = model(seg[:, :-1], targets=seg[:, 1:]).loss.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.state_dict(),
+            "config": RunConfig(model=cfg).to_dict(),
+            "tokenizer": ByteTokenizer().to_dict(),
+            "step": 250,
+        },
+    )
+    files = []
+    for i in range(3):
+        path = tmp_path / f"signal{i}.txt"
+        path.write_bytes(noisy_cycle(1000, perm, 0.05, rng).astype(np.uint8).tobytes())
+        files.append(str(path))
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(ckpt),
+                "--audio",
+                *files,
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    s = json.loads((out / "summary.json").read_text())
+    assert s["metric"] == "bits per character" and s["tokens"] == 3 * 999
+    ideal = -(0.95 * math.log2(0.95 + 0.05 / 64) + 0.05 * 63 / 64 * math.log2(0.05 / 64))
+    assert s["bits_per_token"] < 2 * ideal + 0.3, s
+    assert s["bits_per_token"] < 0.5 * min(s["xz_bits_per_token"], s["bzip2_bits_per_token"]), s
+    # the command's numbers are the library's
+    m, tok, _ = load_model(ckpt)
+    docs = [np.frombuffer(open(f, "rb").read(), np.uint8).astype(np.int64) for f in files]
+    lib = evaluate_tokens(m, docs, batch_size=1, baselines=False, progress=False)
+    assert lib.bits_per_token == pytest.approx(s["bits_per_token"], rel=1e-5)
+
+
+def test_absolute_baseline_refuses_memory():
+    model = sharp_model(mem_len=0, tgt_len=16, attention="absolute")
+    docs = random_docs([40, 30], seed=6)
+    with pytest.raises(ValueError, match="absolute"):
+        evaluate_tokens(model, docs, mem_len=16, baselines=False, progress=False)
+    with pytest.raises(ValueError, match="tgt-len"):
+        evaluate_tokens(model, docs, tgt_len=32, baselines=False, progress=False)
+    res = evaluate_tokens(model, docs, tgt_len=8, batch_size=2, baselines=False, progress=False)
+    for f, d in zip(res.files, docs):
+        assert f.nll_nats == pytest.approx(alone_nll(model, d, 8), rel=1e-5)
+
+
+def test_bad_input_is_named():
+    model = sharp_model(vocab=16)
+    with pytest.raises(ValueError, match="song.wav.*vocabulary"):
+        evaluate_tokens(model, [np.array([1, 2, 99])], ["song.wav"], progress=False)
+    with pytest.raises(ValueError, match="fewer than 2 tokens"):
+        evaluate_tokens(model, [np.array([1])], progress=False)
