@@ -315,8 +315,9 @@ class EvalResult:
         ]
         if self.unit == "word":
             lines.append(f"        perplexity {s['perplexity']:.2f}")
-        for name, label in (("xz", "xz -9e "), ("bzip2", "bzip2 -9")):
+        for name, label in (("xz", "xz -9e"), ("bzip2", "bzip2 -9")):
             if s[f"{name}_bits_per_token"] is not None:
+                label = f"{label:<9}"
                 lines.append(
                     f"{label}{s[f'{name}_bits_per_token']:.4f} {self.metric} (same tokens, each file alone)"
                 )

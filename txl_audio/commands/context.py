@@ -1,0 +1,89 @@
+"""``txl-audio context``: how the likelihood improves with context (attention span, position in file)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from txl_audio.commands.evaluate import add_common, documents, load
+
+HELP = """\
+Each file is evaluated from an empty memory at each --mem-lens value (a prediction then attends to up to
+mem_len + tgt_len previous tokens of its file); the loss is also split by the position of the predicted
+token in its file (0-10 ms, 10-30 ms, ... for audio). Memory lengths past the longest file are not
+evaluated (they change nothing). A model trained with mem_len 0 is evaluated at every memory length (does
+it use memory it never saw?); the absolute-position baseline has no memory and is evaluated at its own
+context once, drawn as one point with a flat dashed line. --compare adds checkpoints to the same plots.
+The effective context is the shortest evaluated span beyond which no longer span lowers the loss by 1%
+of the loss (in the spirit of the paper's RECL)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument(
+        "--mem-lens",
+        default="0,256,1024,4096",
+        help="comma-separated memory lengths to evaluate (default 0,256,1024,4096)",
+    )
+    p.add_argument("--tgt-len", type=int, default=None, help="segment length (default: each checkpoint's)")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CKPT",
+        help="more checkpoints (same tokenizer) evaluated on the same data and drawn on the same plots",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for context_span.csv, context_position.csv, summary.txt and PNG plots",
+    )
+    p.epilog = HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def run(args: argparse.Namespace) -> int:
+    from txl_audio.context import analyse_context, summary_text, write_context
+
+    try:
+        mem_lens = [int(x) for x in args.mem_lens.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--mem-lens must be comma-separated integers, got {args.mem_lens!r}") from None
+    if not mem_lens or min(mem_lens) < 0:
+        raise ValueError(f"--mem-lens needs non-negative integers, got {args.mem_lens!r}")
+    curves = []
+    docs = names = None
+    first_tok = None
+    for ckpt in [args.checkpoint, *args.compare]:
+        args.checkpoint = ckpt
+        model, tokenizer, _config, path = load(args)
+        if first_tok is None:
+            first_tok = tokenizer.to_dict()
+            docs, names, unit, sr, _split = documents(args, tokenizer)
+        elif tokenizer.to_dict() != first_tok:
+            raise ValueError(
+                f"{path}: its tokenizer {tokenizer.to_dict()} differs from the first checkpoint's "
+                f"{first_tok}; --compare needs checkpoints of the same tokenizer"
+            )
+        curves.append(
+            analyse_context(
+                model,
+                docs,
+                names,
+                name=str(ckpt),
+                mem_lens=mem_lens,
+                tgt_len=args.tgt_len,
+                sample_rate=sr,
+                unit=unit,
+                batch_size=args.batch_size,
+                dtype=args.dtype,
+                progress=not args.no_progress,
+            )
+        )
+        del model
+    paths = write_context(curves, args.out, unit=unit, sample_rate=sr)
+    print(summary_text(curves, unit, sr))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

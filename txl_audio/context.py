@@ -1,0 +1,284 @@
+"""How much a model's predictions gain from longer context.
+
+Two views of the same question, both with each file evaluated from an empty memory:
+
+- NLL against the attention span at evaluation: the model re-evaluated with memory lengths 0, 256, 1k,
+  4k, ... (a prediction then attends directly to up to ``mem_len + tgt_len`` previous tokens of its file).
+  A relative-position model may use a longer memory than it was trained with; a model trained with
+  ``mem_len = 0`` is evaluated the same way (does it generalise to memory it never saw?). The
+  absolute-position baseline has no memory and learned only ``tgt_len`` positions: it is evaluated at its
+  own context once and shown as one point (a flat line).
+- NLL against the position of the predicted sample in its file, in log-spaced buckets (0-10 ms,
+  10-30 ms, 30-100 ms, ..., seconds): the first milliseconds are hard for any model; a model that uses
+  context keeps improving later into the file.
+
+The effective-context figure, in the spirit of the paper's relative effective context length (RECL,
+Dai et al. 2019 section 4.2): the shortest evaluated span such that no longer evaluated span lowers the
+loss by 1% of its loss or more.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from txl_audio.evaluate import evaluate_tokens
+
+DEFAULT_MEM_LENS = (0, 256, 1024, 4096)
+GAIN_THRESHOLD = 0.01
+
+
+def position_edges(max_len: int, sample_rate: int | None = None) -> list[int]:
+    """Bucket edges over the predicted token's index in its file (1 = the first predicted token), log
+    spaced in a 1-3-10 pattern: milliseconds for audio (0-10 ms, 10-30 ms, ...), tokens otherwise.
+    The last edge is past ``max_len`` so every prediction falls in a bucket."""
+    per_unit = sample_rate / 1000 if sample_rate else 1.0  # tokens per ms, or per token
+    edges, k = [1], 0
+    while edges[-1] <= max_len:
+        step = 10 * (10 ** (k // 2)) * (3 if k % 2 else 1)  # 10, 30, 100, 300, ...
+        edges.append(max(int(round(step * per_unit)), edges[-1] + 1))
+        k += 1
+    return edges
+
+
+def bucket_label(lo: int, hi: int, sample_rate: int | None) -> str:
+    """'10-30 ms', '1-3 s' for audio; '10-30' (token index) otherwise."""
+    if not sample_rate:
+        return f"{lo if lo > 1 else 0}-{hi}"
+
+    def fmt(n: int) -> str:
+        ms = n * 1000 / sample_rate
+        return f"{ms / 1000:g} s" if ms >= 1000 else f"{ms:g} ms"
+
+    a = "0" if lo <= 1 else fmt(lo)
+    b = fmt(hi)
+    if a.endswith(" s") and b.endswith(" s") or a.endswith(" ms") and b.endswith(" ms"):
+        a = a.rsplit(" ", 1)[0]
+    return f"{a}-{b}"
+
+
+@dataclass
+class SpanPoint:
+    mem_len: int
+    tgt_len: int
+    tokens: int
+    bits: float  # per predicted token, over all tokens
+    position_bits: list[float]  # per position bucket (nan where empty)
+    position_tokens: list[int]
+
+    @property
+    def span(self) -> int:
+        """The longest direct attention span of a prediction: memory plus segment."""
+        return self.mem_len + self.tgt_len
+
+
+@dataclass
+class ContextCurve:
+    name: str  # the checkpoint as given on the command line
+    attention: str  # "relative" or "absolute"
+    trained_mem_len: int
+    trained_tgt_len: int
+    edges: list[int]
+    points: list[SpanPoint] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fixed_context(self) -> bool:
+        return self.attention == "absolute"
+
+    def effective_context(self, threshold: float = GAIN_THRESHOLD) -> tuple[SpanPoint | None, bool]:
+        """(shortest point beyond which every longer span gains < threshold x its loss, reached?).
+        ``reached`` is False when the longest evaluated span still gained: the figure is then a lower
+        bound. (None, False) with fewer than two points."""
+        pts = sorted(self.points, key=lambda p: p.span)
+        if len(pts) < 2:
+            return None, False
+        for i, p in enumerate(pts):
+            if all(p.bits - q.bits < threshold * p.bits for q in pts[i + 1 :]):
+                return p, i < len(pts) - 1
+        return pts[-1], False  # pragma: no cover (the last point always qualifies)
+
+
+def analyse_context(
+    model: torch.nn.Module,
+    docs: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    *,
+    name: str = "model",
+    mem_lens: Sequence[int] = DEFAULT_MEM_LENS,
+    tgt_len: int | None = None,
+    sample_rate: int | None = None,
+    unit: str = "sample",
+    batch_size: int = 8,
+    dtype: str = "fp32",
+    progress: bool = True,
+) -> ContextCurve:
+    """Evaluate ``docs`` per file at each memory length; the loss by span and by position in the file.
+
+    Memory lengths past the longest file add nothing in per-file evaluation (every token already sees
+    its whole file), so evaluation stops at the first one that covers every file; on a GPU, a memory
+    length that runs out of memory ends the sweep with a note ("up to what fits")."""
+    cfg = model.config
+    max_len = max(len(d) for d in docs)
+    edges = position_edges(max_len, sample_rate)
+    curve = ContextCurve(name, getattr(cfg, "attention", "relative"), cfg.mem_len, cfg.tgt_len, edges)
+    T = tgt_len or cfg.tgt_len
+    if curve.fixed_context:
+        T = min(T, cfg.tgt_len)
+        mem_lens = [0]
+        curve.notes.append(
+            f"absolute-position baseline: no memory, evaluated at its own context ({T} tokens) only"
+        )
+    for m in sorted(set(int(m) for m in mem_lens)):
+        try:
+            res = evaluate_tokens(
+                model,
+                docs,
+                names,
+                unit=unit,
+                mem_len=m,
+                tgt_len=T,
+                batch_size=batch_size,
+                dtype=dtype,
+                baselines=False,
+                position_edges=edges,
+                sample_rate=sample_rate,
+                progress=progress,
+            )
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            curve.notes.append(f"mem_len {m} did not fit in GPU memory at batch size {batch_size}; stopped")
+            break
+        pb = [s / n / math.log(2) if n else math.nan for s, n in zip(res.position_nll, res.position_tokens)]
+        curve.points.append(SpanPoint(m, T, res.tokens, res.bits_per_token, pb, res.position_tokens))
+        if m >= max_len - 2 or T >= max_len - 1:  # every prediction already sees its whole file
+            rest = [x for x in mem_lens if x > m]
+            if rest:
+                curve.notes.append(
+                    f"mem_len {m} already covers the longest file ({max_len} tokens): "
+                    f"{', '.join(map(str, rest))} would give the same numbers, not evaluated"
+                )
+            break
+    return curve
+
+
+def summary_text(curves: Sequence[ContextCurve], unit: str, sample_rate: int | None) -> str:
+    metric = {"sample": "bits per sample", "byte": "bits per character"}.get(unit, f"bits per {unit}")
+
+    def span_str(n: int) -> str:
+        return f"{n} tokens" + (f" ({n * 1000 / sample_rate:.0f} ms)" if sample_rate else "")
+
+    lines = []
+    for c in curves:
+        lines.append(
+            f"{c.name}: {c.attention} attention, trained with tgt_len {c.trained_tgt_len}, "
+            f"mem_len {c.trained_mem_len}"
+        )
+        for p in sorted(c.points, key=lambda p: p.span):
+            lines.append(
+                f"  mem_len {p.mem_len:>6} tgt_len {p.tgt_len:>5} (span up to {p.span:>6}): "
+                f"{p.bits:.4f} {metric} over {p.tokens:,} tokens"
+            )
+        eff, reached = c.effective_context()
+        if c.fixed_context:
+            lines.append(f"  fixed context of {span_str(c.points[0].span)}: no effective-context figure")
+        elif eff is None:
+            lines.append("  one span evaluated: no effective-context figure (give several --mem-lens)")
+        elif reached:
+            lines.append(
+                f"  effective context: {span_str(eff.span)} (mem_len {eff.mem_len}); no longer span gains "
+                f"{GAIN_THRESHOLD:.0%} of the loss"
+            )
+        else:
+            lines.append(
+                f"  effective context: at least {span_str(eff.span)} (mem_len {eff.mem_len}): "
+                "the longest span evaluated still gained; try longer --mem-lens"
+            )
+        lines += [f"  note: {n}" for n in c.notes]
+    return "\n".join(lines)
+
+
+def write_context(
+    curves: Sequence[ContextCurve], out_dir: str | Path, unit: str = "sample", sample_rate: int | None = None
+) -> dict[str, Path]:
+    """context_span.csv, context_position.csv, summary.txt and the two PNG plots in ``out_dir``."""
+    from txl_audio.plots_context import plot_nll_vs_context, plot_nll_vs_position
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        k: out / v
+        for k, v in (
+            ("span_csv", "context_span.csv"),
+            ("position_csv", "context_position.csv"),
+            ("summary", "summary.txt"),
+            ("span_png", "nll_vs_context.png"),
+            ("position_png", "nll_vs_position.png"),
+        )
+    }
+    with open(paths["span_csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["checkpoint", "attention", "mem_len", "tgt_len", "span", "tokens", "bits_per_token"])
+        for c in curves:
+            for p in c.points:
+                w.writerow([c.name, c.attention, p.mem_len, p.tgt_len, p.span, p.tokens, f"{p.bits:.6f}"])
+    with open(paths["position_csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["checkpoint", "mem_len", "bucket", "first_index", "end_index", "tokens", "bits_per_token"]
+        )
+        for c in curves:
+            for p in c.points:
+                for k, (bits, n) in enumerate(zip(p.position_bits, p.position_tokens)):
+                    lo, hi = c.edges[k], c.edges[k + 1]
+                    w.writerow(
+                        [
+                            c.name,
+                            p.mem_len,
+                            bucket_label(lo, hi, sample_rate),
+                            lo,
+                            hi,
+                            n,
+                            "" if not n else f"{bits:.6f}",
+                        ]
+                    )
+    paths["summary"].write_text(summary_text(curves, unit, sample_rate) + "\n")
+    metric = {"sample": "bits per sample", "byte": "bits per character"}.get(unit, f"bits per {unit}")
+    plot_nll_vs_context(
+        [
+            {
+                "name": c.name,
+                "spans": [p.span for p in c.points],
+                "bits": [p.bits for p in c.points],
+                "fixed": c.fixed_context,
+            }
+            for c in curves
+        ],
+        paths["span_png"],
+        metric=metric,
+        sample_rate=sample_rate,
+    )
+    series: list[dict[str, Any]] = []
+    for c in curves:
+        for p in c.points:
+            keep = [k for k, n in enumerate(p.position_tokens) if n]
+            series.append(
+                {
+                    "name": f"{c.name} mem_len {p.mem_len}"
+                    if len(c.points) > 1 or len(curves) == 1
+                    else c.name,
+                    "group": c.name,
+                    "lo": [c.edges[k] for k in keep],
+                    "hi": [c.edges[k + 1] for k in keep],
+                    "bits": [p.position_bits[k] for k in keep],
+                }
+            )
+    plot_nll_vs_position(series, paths["position_png"], metric=metric, sample_rate=sample_rate)
+    return paths
