@@ -120,3 +120,74 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path}: weights do not match its config: {str(e)[:300]}") from None
     model.to(device).eval()
     return model, tokenizer_from_dict(state["tokenizer"]), config
+
+
+# ---- training state helpers: everything a resumed run needs, as weights_only-loadable plain data ----
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"ckpt_{step}.pt"
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest step checkpoints (keep <= 0 keeps all); returns the removed."""
+    if keep <= 0:
+        return []
+    removed = list_checkpoints(run_dir)[keep:]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def to_plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays as tensors, numpy scalars as Python numbers and tuples as lists, so that
+    ``torch.load(weights_only=True)`` reads it back (data stream states may hold numpy values)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch (CPU and current CUDA device), numpy and Python generator states as plain data."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "cuda": None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())

@@ -1,0 +1,144 @@
+"""The training loop: determinism, schedule, accumulation, non-finite losses, time limit, outputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from _training import make_corpus, model_state, same_params, tiny_config
+
+from txl_audio.config import TrainConfig, load_config
+from txl_audio.train import NonFiniteLossError, lr_at, train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "c")
+
+
+def quiet(**kw):
+    return dict(progress=False, log=lambda m: None, **kw)
+
+
+def test_same_seed_same_losses_different_seed_different(corpus, tmp_path):
+    a = train(tiny_config(corpus, max_steps=6), tmp_path / "a", **quiet())
+    b = train(tiny_config(corpus, max_steps=6), tmp_path / "b", **quiet())
+    c = train(tiny_config(corpus, max_steps=6, seed=2), tmp_path / "c", **quiet())
+    assert len(a.losses) == 6 and all(math.isfinite(x) for x in a.losses)
+    assert a.losses == b.losses  # bit-identical on CPU
+    assert same_params(model_state(a.checkpoint), model_state(b.checkpoint))
+    assert a.losses != c.losses
+    # it learns something: the tone corpus is far from uniform (8 bits)
+    assert a.valid["bits"] < 8.0
+
+
+def test_outputs_metrics_checkpoints_and_plot(corpus, tmp_path):
+    out = tmp_path / "run"
+    r = train(tiny_config(corpus, max_steps=10), out, **quiet())
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [x for x in recs if x["split"] == "train"]
+    valid_recs = [x for x in recs if x["split"] == "valid"]
+    assert [x["step"] for x in train_recs] == [2, 4, 6, 8, 10]
+    assert [x["step"] for x in valid_recs] == [5, 10]
+    for x in train_recs:
+        assert {"loss_nats", "bits", "tokens", "tokens_per_s", "lr", "time"} <= set(x)
+        assert x["bits"] == pytest.approx(x["loss_nats"] / math.log(2))
+    # the logged loss is the token-weighted mean of the steps it covers
+    assert train_recs[0]["tokens"] == 2 * 4 * 16
+    assert valid_recs[-1] == {**valid_recs[-1], **r.valid}
+    # keep_checkpoints=2: steps 4 and 8 were written, 4 pruned when 10 (the last) came
+    assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_10.pt", "ckpt_8.pt"]
+    assert (out / "best.pt").is_file() and (out / "curves.png").stat().st_size > 1000
+    assert load_config(out / "config.toml") == tiny_config(corpus, max_steps=10)
+    # plain contents: loads with weights_only=True and holds what a resume needs
+    state = torch.load(out / "ckpt_10.pt", weights_only=True)
+    assert state["step"] == 10 and len(state["ranks"]) == 1
+    assert {"model", "optimizer", "scheduler", "config", "tokenizer"} <= set(state)
+    assert {"data", "rng", "mems"} <= set(state["ranks"][0])
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["valid"]["loss_nats"] == min(x["loss_nats"] for x in valid_recs)
+
+
+def test_refuses_to_overwrite_a_run(corpus, tmp_path):
+    train(tiny_config(corpus, max_steps=2), tmp_path, **quiet())
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_config(corpus, max_steps=2), tmp_path, **quiet())
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    tc = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=4, max_steps=14)
+    assert [lr_at(s, tc) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(9, tc) == pytest.approx(0.55)  # half way through the decay
+    assert lr_at(14, tc) == pytest.approx(0.1) and lr_at(100, tc) == pytest.approx(0.1)
+    assert all(lr_at(s, tc) >= lr_at(s + 1, tc) for s in range(4, 20))
+    timed = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10**9, max_time=100.0)
+    assert lr_at(5, timed, elapsed=50.0) == pytest.approx(0.5)  # the time budget drives the decay
+
+
+def test_grad_accumulation_gives_the_same_training(corpus, tmp_path):
+    # accumulation splits the batch's streams: same gradient, same memory per stream
+    kw = {"max_steps": 5, "batch_size": 4}
+    cfg1, cfg2 = tiny_config(corpus, **kw), tiny_config(corpus, grad_accum=2, **kw)
+    for c in (cfg1, cfg2):
+        c.model.dropout = 0.0
+    a = train(cfg1, tmp_path / "a", **quiet())
+    b = train(cfg2, tmp_path / "b", **quiet())
+    assert a.losses == pytest.approx(b.losses, abs=1e-5)
+
+
+def test_non_finite_loss_skips_the_step_and_stops_after_max_bad(corpus, tmp_path, monkeypatch):
+    import txl_audio.model as model_module
+
+    Real = model_module.TransformerXL
+    poison = {"steps": set()}
+    calls = {"n": 0}
+
+    class Poisoned(Real):
+        def forward(self, tokens, mems=None, targets=None, doc_pos=None, **kw):
+            out = super().forward(tokens, mems, targets, doc_pos, **kw)
+            if self.training:
+                calls["n"] += 1
+                if calls["n"] in poison["steps"]:
+                    out.loss = out.loss * float("nan")
+            return out
+
+    monkeypatch.setattr(model_module, "TransformerXL", Poisoned)
+    # one bad step: skipped (no update), training goes on and ends with finite weights
+    poison["steps"] = {3}
+    logs = []
+    r = train(tiny_config(corpus, max_steps=6), tmp_path / "one", progress=False, log=logs.append)
+    assert r.bad_steps == 1 and math.isnan(r.losses[2]) and all(math.isfinite(x) for i, x in
+                                                               enumerate(r.losses) if i != 2)
+    assert any("step 3" in m and "skipped" in m for m in logs)
+    assert all(torch.isfinite(v).all() for v in model_state(r.checkpoint).values() if v.is_floating_point())
+    # every step bad: a clear error after max_bad_steps in a row, no NaN weights written
+    calls["n"] = 0
+    poison["steps"] = set(range(1, 100))
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
+        train(tiny_config(corpus, max_steps=20, max_bad_steps=3, ckpt_every=1), tmp_path / "all", **quiet())
+    for p in (tmp_path / "all").glob("ckpt_*.pt"):
+        assert all(torch.isfinite(v).all() for v in model_state(p).values() if v.is_floating_point())
+
+
+def test_max_time_stops_cleanly_with_checkpoint_and_validation(corpus, tmp_path):
+    r = train(tiny_config(corpus, max_steps=10_000, max_time=1e-6), tmp_path, **quiet())
+    assert r.stopped_by == "max_time" and r.step == 1
+    assert r.checkpoint.name == "ckpt_1.pt" and r.valid["step"] == 1
+
+
+def test_cli_writes_resolved_config(corpus, tmp_path):
+    from txl_audio.cli import main
+    from txl_audio.config import save_config
+
+    cfg_file = tmp_path / "c.toml"
+    save_config(tiny_config(corpus, max_steps=2), cfg_file)
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(cfg_file), "--set", "train.lr=0.001", "--set", "model.vocab_size=300",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    resolved = load_config(out / "config.toml")
+    assert resolved.train.lr == 0.001
+    assert resolved.model.vocab_size == 256  # taken from the corpus tokenizer
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 1  # no config: clear error
