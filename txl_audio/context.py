@@ -209,7 +209,7 @@ def write_context(
     curves: Sequence[ContextCurve], out_dir: str | Path, unit: str = "sample", sample_rate: int | None = None
 ) -> dict[str, Path]:
     """context_span.csv, context_position.csv, summary.txt and the two PNG plots in ``out_dir``."""
-    from txl_audio.plots_context import plot_nll_vs_context, plot_nll_vs_position
+    from txl_audio.plots import plot_nll_vs_context, plot_nll_vs_position
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -67,3 +67,90 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path, title: 
     plt.close(fig)
     tmp.replace(out_path)  # viewers never see a half-written image
     return out_path
+
+
+# ---- context-length figures (txl-audio context) ----
+
+
+def _ms_axis(ax: Any, sample_rate: int | None) -> None:
+    """A secondary x axis in milliseconds of audio above a token axis."""
+    if sample_rate:
+        sec = ax.secondary_xaxis(
+            "top", functions=(lambda n: n * 1000 / sample_rate, lambda ms: ms * sample_rate / 1000)
+        )
+        sec.set_xlabel("milliseconds of audio")
+
+
+def plot_nll_vs_context(
+    curves: list[dict[str, Any]],
+    out_path: str | Path,
+    metric: str = "bits per sample",
+    sample_rate: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """One line per checkpoint: ``{"name", "spans", "bits", "fixed"}``; a fixed-context model (the
+    absolute-position baseline) is one point extended as a dashed flat line for comparison."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    all_spans = [s for c in curves for s in c["spans"]]
+    for c in curves:
+        if not c["spans"]:
+            continue
+        if c.get("fixed"):
+            (line,) = ax.plot(c["spans"][:1], c["bits"][:1], "s", ms=7, label=f"{c['name']} (fixed context)")
+            if all_spans:
+                ax.hlines(
+                    c["bits"][0], min(all_spans), max(all_spans), colors=line.get_color(), linestyles="--"
+                )
+        else:
+            ax.plot(c["spans"], c["bits"], "o-", label=c["name"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("attention span at evaluation (mem_len + tgt_len tokens)")
+    ax.set_ylabel(metric)
+    _ms_axis(ax, sample_rate)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_nll_vs_position(
+    series: list[dict[str, Any]],
+    out_path: str | Path,
+    metric: str = "bits per sample",
+    sample_rate: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Loss by position of the predicted token in its file: ``{"name", "lo", "hi", "bits"}`` per line,
+    one value per bucket [lo, hi) of token indices, drawn at the bucket's geometric centre; series with
+    the same optional ``"group"`` (a checkpoint) share a colour."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups: dict[str, int] = {}
+    styles = ["o-", "s--", "^:", "d-.", "v-", "x--"]
+    for s in series:
+        # one colour per checkpoint ("group"), one line style per memory length within it
+        g = s.get("group", s["name"])
+        k = groups.setdefault(g, len(groups))
+        n = sum(1 for t in series[: series.index(s)] if t.get("group", t["name"]) == g)
+        x = [(max(lo, 1) * hi) ** 0.5 for lo, hi in zip(s["lo"], s["hi"])]
+        ax.plot(x, s["bits"], styles[n % len(styles)], color=colors[k % len(colors)], label=s["name"], ms=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("position of the predicted token in its file (tokens, log-spaced buckets)")
+    ax.set_ylabel(metric)
+    _ms_axis(ax, sample_rate)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
