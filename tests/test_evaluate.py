@@ -6,6 +6,7 @@ import csv
 import json
 import lzma
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,3 +290,63 @@ def test_bad_input_is_named():
         evaluate_tokens(model, [np.array([1, 2, 99])], ["song.wav"], progress=False)
     with pytest.raises(ValueError, match="fewer than 2 tokens"):
         evaluate_tokens(model, [np.array([1])], progress=False)
+
+
+def test_corpus_split_through_the_command(tmp_path):
+    from txl_audio.audio import load_audio, save_audio
+    from txl_audio.checkpoint import save_checkpoint
+    from txl_audio.cli import main
+    from txl_audio.data import Corpus
+    from txl_audio.prepare import prepare_audio
+    from txl_audio.tokenizers import make_tokenizer
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        n = int(rng.integers(300, 900))
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * np.arange(n) / 16000) + rng.normal(0, 0.01, n)
+        save_audio(tmp_path / "wav" / f"spk{i}_nohash_0.wav", wave.astype(np.float32))
+    prepare_audio([tmp_path / "wav"], tmp_path / "corpus", valid=0.2, test=0.3, progress=False)
+    corpus = Corpus(tmp_path / "corpus")
+    files = corpus.files("test")
+    assert files
+    tok = make_tokenizer("mulaw8")
+    model = sharp_model(vocab=256, mem_len=32, tgt_len=16)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.state_dict(),
+            "config": RunConfig(model=model.config).to_dict(),
+            "tokenizer": tok.to_dict(),
+            "step": 0,
+        },
+    )
+    # the same files decoded and tokenized here
+    docs = [
+        np.asarray(tok.encode(load_audio(tmp_path / "wav" / Path(f["path"]).name))).astype(np.int64)
+        for f in files
+    ]
+    for extra in ([], ["--stream", "--batch-size", "1"]):
+        out = tmp_path / f"eval{len(extra)}"
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(ckpt),
+                    "--corpus",
+                    str(tmp_path / "corpus"),
+                    "--split",
+                    "test",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    *extra,
+                ]
+            )
+            == 0
+        )
+        s = json.loads((out / "summary.json").read_text())
+        lib = evaluate_tokens(model, docs, stream=bool(extra), batch_size=1, baselines=False, progress=False)
+        assert s["split"] == "test" and s["tokens"] == sum(len(d) - 1 for d in docs)
+        assert s["bits_per_token"] == pytest.approx(lib.bits_per_token, rel=1e-5)
+        assert s["mode"] == ("stream" if extra else "per-file")
