@@ -152,3 +152,78 @@ def test_bad_cutoffs_raise_clear_errors():
         AdaptiveEmbedding(V, D, D, [30, 10])
     with pytest.raises(ValueError, match="tie"):
         ProjectedAdaptiveLogSoftmax(V, D, D, [10], tie_weights=True)
+
+
+# ---- wired into TransformerXL (config.cutoffs non-empty) ---------------------------------------------
+
+
+def _adaptive_model(tie: bool = True, **kw):
+    from txl_audio.config import ModelConfig
+    from txl_audio.model import TransformerXL
+
+    cfg = dict(vocab_size=V, n_layer=2, d_model=D, n_head=2, d_head=8, d_inner=32, dropout=0.0,
+               tgt_len=6, mem_len=6, cutoffs=[10, 30], div_val=2, tie_weights=tie)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return TransformerXL(ModelConfig(**cfg)).eval()
+
+
+def test_transformer_xl_adaptive_loss_is_nll_of_its_log_probs():
+    model = _adaptive_model()
+    tokens = torch.randint(0, V, (3, 6))
+    targets = torch.randint(0, V, (3, 6))
+    targets[0, :2] = -100
+    out = model(tokens, targets=targets)
+    assert out.loss.shape == (3, 6) and out.logits.shape == (3, 6, V)
+    torch.testing.assert_close(out.logits.logsumexp(-1), torch.zeros(3, 6), atol=1e-5, rtol=0)
+    keep = targets >= 0
+    ref = -out.logits[keep].gather(1, targets[keep][:, None]).squeeze(1)
+    torch.testing.assert_close(out.loss[keep], ref)
+    assert torch.all(out.loss[~keep] == 0)
+    assert model(tokens, targets=targets, return_logits=False).logits is None
+
+
+def test_transformer_xl_adaptive_tying_shares_parameters_and_survives_state_dict():
+    tied, untied = _adaptive_model(True), _adaptive_model(False)
+    n_tied = sum(p.numel() for p in tied.parameters())
+    n_untied = sum(p.numel() for p in untied.parameters())
+    emb = tied.word_emb
+    n_words = sum(w.numel() for w in emb.weights) + sum(p.numel() for p in emb.projs.values())
+    assert n_untied - n_tied == n_words
+    for a, b in zip(tied.out.weights, tied.word_emb.weights):
+        assert a.data_ptr() == b.data_ptr()
+    # a fresh model loaded from the state dict computes the same and stays tied
+    other = _adaptive_model(True, init_std=0.5)
+    other.load_state_dict(tied.state_dict())
+    tokens = torch.randint(0, V, (2, 6))
+    torch.testing.assert_close(other(tokens).logits, tied(tokens).logits)
+    assert other.out.weights[1].data_ptr() == other.word_emb.weights[1].data_ptr()
+
+
+def test_transformer_xl_adaptive_cached_step_equals_forward():
+    model = _adaptive_model()
+    tokens = torch.randint(0, V, (2, 12))
+    with torch.no_grad():
+        o1 = model(tokens[:, :6])
+        o2 = model(tokens[:, 6:], mems=o1.mems)
+        ref = torch.cat([o1.logits, o2.logits], 1)
+        cache = model.init_cache(2)
+        got, _ = model.step(tokens[:, :5], cache)
+        got2, _ = model.step(tokens[:, 5:], cache)
+    torch.testing.assert_close(torch.cat([got, got2], 1), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_transformer_xl_adaptive_trains():
+    torch.set_num_threads(1)  # a tiny model: 2 threads only add sync overhead (badly so on a busy CPU)
+    model = _adaptive_model().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tokens = torch.randint(0, V, (4, 6))
+    targets = torch.roll(tokens, -1, 1)
+    first = None
+    for _ in range(30):
+        loss = model(tokens, targets=targets, return_logits=False).loss.mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first

@@ -39,6 +39,7 @@ from txl_audio.model.attention import (
     relative_distances,
     sinusoid,
 )
+from txl_audio.model.softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 
 IGNORE_INDEX = -100  # targets with this value get loss 0 (next token in another file, or none)
 
@@ -169,11 +170,17 @@ class TransformerXL(nn.Module):
 
     def _build_io(self) -> None:
         c = self.config
-        if c.cutoffs:  # adaptive input / softmax (txl_audio.model.softmax) hooks in here
-            raise ValueError(
-                f"model.cutoffs={c.cutoffs}: adaptive softmax is not wired into TransformerXL yet; "
-                "use cutoffs=[] (full softmax)"
+        self.adaptive = bool(c.cutoffs)
+        if self.adaptive:
+            # word vocabularies: adaptive input (Baevski & Auli 2019) and adaptive softmax (Grave et al.
+            # 2017) over frequency-sorted clusters, word vectors and projections tied as in the paper
+            self.word_emb = AdaptiveEmbedding(c.vocab_size, c.d_model, c.d_model, c.cutoffs, c.div_val)
+            self.emb_scale = 1.0  # AdaptiveEmbedding scales by sqrt(D) itself
+            self.out = ProjectedAdaptiveLogSoftmax(
+                c.vocab_size, c.d_model, c.d_model, c.cutoffs, c.div_val,
+                embedding=self.word_emb, tie_weights=c.tie_weights, tie_projs=c.tie_weights,
             )
+            return
         self.word_emb = nn.Embedding(c.vocab_size, c.d_model)
         self.emb_scale = math.sqrt(c.d_model)  # as the authors' code: embeddings scaled by sqrt(D)
         self.out = nn.Linear(c.d_model, c.vocab_size)
@@ -187,7 +194,14 @@ class TransformerXL(nn.Module):
     def _output(
         self, hidden: Tensor, targets: Tensor | None, return_logits: bool = True
     ) -> tuple[Tensor | None, Tensor | None]:
-        """hidden (B, T, D) -> logits (B, T, V) (or None), per-token NLL (B, T) (or None)."""
+        """hidden (B, T, D) -> logits (B, T, V) (or None), per-token NLL (B, T) (or None).
+        With adaptive softmax the logits are the full log-probabilities, and the loss is computed
+        without them (tail clusters only for the tokens whose target lies there)."""
+        if self.adaptive:
+            flat = hidden.flatten(0, 1)  # (B*T, D)
+            loss = None if targets is None else self.out.nll(flat, targets.flatten()).view(targets.shape)
+            logits = self.out.log_prob(flat).view(*hidden.shape[:2], -1) if return_logits else None
+            return logits, loss
         logits = self.out(hidden)
         loss = None
         if targets is not None:
@@ -293,7 +307,7 @@ class TransformerXL(nn.Module):
     def init_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty cache for ``batch_size`` streams, on the model's device (and dtype by default)."""
         c = self.config
-        p = self.word_emb.weight
+        p = next(self.parameters())  # device and dtype (word_emb has no single .weight when adaptive)
         dtype = dtype or p.dtype
         cap = c.mem_len + c.tgt_len
         shape = (batch_size, c.n_head, cap, c.d_head)
@@ -322,7 +336,7 @@ class TransformerXL(nn.Module):
             pieces.append(self._step_piece(tokens[:, s:e], cache))
             s = e
         if not pieces:
-            return self.word_emb.weight.new_zeros(tokens.shape[0], 0, c.vocab_size), cache
+            return next(self.parameters()).new_zeros(tokens.shape[0], 0, c.vocab_size), cache
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)), cache
 
     def _step_piece(self, tokens: Tensor, cache: KVCache) -> Tensor:
