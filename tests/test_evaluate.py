@@ -350,3 +350,18 @@ def test_corpus_split_through_the_command(tmp_path):
         assert s["split"] == "test" and s["tokens"] == sum(len(d) - 1 for d in docs)
         assert s["bits_per_token"] == pytest.approx(lib.bits_per_token, rel=1e-5)
         assert s["mode"] == ("stream" if extra else "per-file")
+
+
+@pytest.mark.cuda
+def test_cuda_fp32_and_bf16_match_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = sharp_model(vocab=256, mem_len=64, tgt_len=32)
+    docs = random_docs([500, 333, 210], vocab=256, seed=7)
+    cpu = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False)
+    model.cuda()
+    fp32 = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False)
+    bf16 = evaluate_tokens(model, docs, batch_size=2, dtype="bf16", baselines=False, progress=False)
+    assert fp32.device.startswith("cuda")
+    assert fp32.bits_per_token == pytest.approx(cpu.bits_per_token, rel=1e-3)  # TF32 matmuls allowed
+    assert bf16.bits_per_token == pytest.approx(cpu.bits_per_token, rel=3e-2)

@@ -183,7 +183,7 @@ class _StreamLanes:
 
     def __init__(self, docs: Sequence[np.ndarray], batch_size: int, tgt_len: int):
         self.T = tgt_len
-        self.stream = np.concatenate([np.asarray(d) for d in docs]).astype(np.int64)
+        self.stream = np.concatenate([np.asarray(d) for d in docs])  # corpus dtype: 1 byte per 8-bit token
         lengths = np.array([len(d) for d in docs], np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self.ends = self.starts + lengths
@@ -199,8 +199,9 @@ class _StreamLanes:
         g = np.minimum(g, len(self.stream) - 1)
         doc = np.searchsorted(self.starts, g, side="right") - 1
         predicted = live & (g + 1 < self.ends[doc])
-        inp = np.where(live, self.stream[g], 0)
-        tgt = np.where(predicted, self.stream[np.minimum(g + 1, len(self.stream) - 1)], IGNORE)
+        inp = np.where(live, self.stream[g].astype(np.int64), 0)
+        nxt = self.stream[np.minimum(g + 1, len(self.stream) - 1)].astype(np.int64)
+        tgt = np.where(predicted, nxt, IGNORE)
         pos = np.where(live, g - self.starts[doc], 0)
         fid = np.where(predicted, doc, -1)
         return inp, tgt, pos, fid
