@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tgt-len", type=int, default=None, help="segment length (default: each checkpoint's)")
     p.add_argument(
+        "--clamp-len",
+        type=int,
+        default=None,
+        help="relative distance clamp for the longer memories (default: each checkpoint's; -1 = off)",
+    )
+    p.add_argument(
         "--compare",
         type=Path,
         nargs="+",
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 name=str(ckpt),
                 mem_lens=mem_lens,
                 tgt_len=args.tgt_len,
+                clamp_len=args.clamp_len,
                 sample_rate=sr,
                 unit=unit,
                 batch_size=args.batch_size,
