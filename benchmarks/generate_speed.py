@@ -1,0 +1,150 @@
+"""Generation speed: samples/s of cached decoding against the reference path (feeding memories back
+through model.forward), batch 1 and 16, in one run. Cached decoding is timed with both
+implementations in txl_audio/decoders.py: "static" (fixed-shape ring buffers, CUDA graphs on CUDA;
+what `txl-audio generate` uses) and "cached" (the model's own init_cache/step).
+
+Both start from a prompt that fills the memory (mem_len tokens; not timed), then time steady-state
+steps: one model step plus drawing the next token (temperature 1). The reference path runs fewer
+steps (it is slow), so its context is on average shorter than the cached path's, which favours it.
+
+    python benchmarks/generate_speed.py                      # CPU, small model and the issue-3 config
+    python benchmarks/generate_speed.py --device cuda --dtype bf16 --batch 1 16 64 --config audio_small.toml
+
+Prints a table and writes benchmarks/results/generate_speed.json (or --json PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from txl_audio.audio import SAMPLE_RATE  # noqa: E402
+from txl_audio.config import ModelConfig, load_config  # noqa: E402
+from txl_audio.decoders import make_decoder  # noqa: E402
+from txl_audio.generate import device_name, draw, now  # noqa: E402
+from txl_audio.model import TransformerXL  # noqa: E402
+
+CONFIGS = {
+    "small": dict(n_layer=2, d_model=128, n_head=2, d_head=64, d_inner=512, tgt_len=128, mem_len=256),
+    # the model issue's benchmark configuration, with its generation memory length
+    "issue3": dict(n_layer=4, d_model=256, n_head=4, d_head=64, d_inner=1024, tgt_len=512, mem_len=1024),
+}
+
+
+LABEL = {"static": "static", "cached": "model_step"}  # decoder kind -> name in the results
+
+
+def time_decoding(model, batch, kind, steps, min_seconds, device):
+    """(samples per second over the batch, steps timed)."""
+    cfg = model.config
+    g = torch.Generator(device=device).manual_seed(0)
+    prompt = torch.randint(0, cfg.vocab_size, (batch, max(cfg.mem_len, 1)), generator=g, device=device)
+    with torch.inference_mode():
+        dec = make_decoder(model, batch, kind)
+        logits = dec.prefill(prompt)
+        for _ in range(3):  # warm-up (allocator, kernels, graphs)
+            logits = dec.step(draw(logits, 1.0, generator=g))
+        t0 = now(device)
+        n = 0
+        while n < steps or (now(device) - t0 < min_seconds and n < 20 * steps):
+            logits = dec.step(draw(logits, 1.0, generator=g))
+            n += 1
+        elapsed = now(device) - t0
+    return batch * n / elapsed, n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--config", action="append", default=[], help="also a recipe TOML's [model] section")
+    ap.add_argument("--steps", type=int, default=200, help="cached steps to time (at least)")
+    ap.add_argument("--ref-steps", type=int, default=10, help="reference steps to time (at least)")
+    ap.add_argument("--min-seconds", type=float, default=2.0)
+    ap.add_argument("--no-reference", action="store_true", help="time the cached path only")
+    ap.add_argument("--decoders", nargs="+", default=["static", "cached"], choices=["static", "cached"])
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "generate_speed.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    models = [(name, ModelConfig(vocab_size=256, dropout=0.0, **CONFIGS[name])) for name in args.models]
+    for path in args.config:
+        models.append((Path(path).stem, load_config(path, ["model.dropout=0.0"]).model))
+
+    rows = []
+    for name, cfg in models:
+        torch.manual_seed(0)
+        model = TransformerXL(cfg).to(device).eval()
+        if args.dtype == "bf16":
+            model = model.to(torch.bfloat16)
+        n_params = sum(p.numel() for p in model.parameters())
+        for batch in args.batch:
+            row = {"model": name, "n_layer": cfg.n_layer, "d_model": cfg.d_model, "tgt_len": cfg.tgt_len,
+                   "mem_len": cfg.mem_len, "params": n_params, "batch": batch}
+            for kind in args.decoders:
+                rate, n = time_decoding(model, batch, kind, args.steps, args.min_seconds, device)
+                row.update({f"{LABEL[kind]}_samples_per_s": rate, f"{LABEL[kind]}_steps": n})
+            best = max(args.decoders, key=lambda k: row[f"{LABEL[k]}_samples_per_s"])
+            cached = row[f"{LABEL[best]}_samples_per_s"]
+            row.update(cached_samples_per_s=cached, cached_decoder=best,
+                       cached_realtime_factor=cached / SAMPLE_RATE)
+            if not args.no_reference:
+                ref, n_ref = time_decoding(model, batch, "reference", args.ref_steps, args.min_seconds / 2,
+                                           device)
+                row.update(reference_samples_per_s=ref, reference_steps=n_ref, speedup=cached / ref)
+            rows.append(row)
+            print(_row_text(row), flush=True)
+
+    info = {"device": device_name(device), "torch": torch.__version__, "dtype": args.dtype,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]), "rows": rows}
+    print()
+    print(table(info))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _row_text(r: dict) -> str:
+    kinds = "  ".join(f"{k} {r[f'{k}_samples_per_s']:9.1f}/s" for k in LABEL.values()
+                      if f"{k}_steps" in r)
+    ref = f"  reference {r['reference_samples_per_s']:9.1f}/s  x{r['speedup']:.1f}" if "speedup" in r else ""
+    return f"{r['model']:>12} batch {r['batch']:3d}: {kinds}{ref}"
+
+
+def table(info: dict) -> str:
+    lines = [f"generation speed on {info['device']}, torch {info['torch']}, {info['dtype']}",
+             "| model | layers x d_model | mem_len + tgt_len | batch | static samples/s "
+             "| model.step samples/s | x real time (best) | reference samples/s | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in info["rows"]:
+        ref = (f"{r['reference_samples_per_s']:,.0f} | {r['speedup']:.1f}x" if "speedup" in r else "- | -")
+        lines.append(f"| {r['model']} | {r['n_layer']} x {r['d_model']} | {r['mem_len']} + {r['tgt_len']} "
+                     f"| {r['batch']} | {_rate(r, 'static')} | {_rate(r, 'model_step')} "
+                     f"| {r['cached_realtime_factor']:.3f} "
+                     f"| {ref} |")
+    return "\n".join(lines)
+
+
+def _rate(r: dict, kind: str) -> str:
+    return f"{r[f'{kind}_samples_per_s']:,.0f}" if f"{kind}_samples_per_s" in r else "-"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,396 @@
+"""Autoregressive sampling from a Transformer-XL, one token (audio sample) at a time.
+
+``sample()`` conditions on a prompt (or a start token) and draws new tokens with temperature, top-k
+and top-p. The model is fed through a decoder (:mod:`txl_audio.decoders`):
+
+- with the cache (``use_cache=True``, the default): keys and values of every layer are kept, so one
+  new token costs attention over the cache (O(context x d) per layer). ``decoder="static"`` (default)
+  keeps them in fixed-shape ring buffers and replays the step as a CUDA graph on CUDA;
+  ``decoder="cached"`` uses the model's own ``init_cache`` / ``step``;
+- without (``use_cache=False``): the reference path, decoding by *feeding memories back*: each token
+  runs ``model(token, mems=context)`` with every layer's hidden states of the visible past, which
+  re-projects the whole context every step (O(context x d^2) per layer). Slow and obviously right;
+  tests and benchmarks compare the cached path against it.
+
+All see exactly the context the model had in training: segments of ``tgt_len`` tokens from token 0
+of the stream (the prompt's first token, or the start token), each attending to its own earlier
+tokens plus the ``mem_len`` positions before the segment. So the context slides in steps of
+``tgt_len``, never grows past ``mem_len + tgt_len``, and generation runs for minutes at a constant
+cost per token.
+
+Without a prompt, decoding starts from one *start token* that is not part of the output: by default
+the tokenizer's code for silence (``tokenizer.encode(0.0)``; ``vocab_size // 2`` when no tokenizer is
+given, which is the same code for the symmetric mu-law and linear tokenizers).
+
+Sampling draws ``argmax(p / E)`` with ``E ~ Exponential(1)`` i.i.d. (equivalent to Gumbel-max), which
+picks token i with probability p_i, stays on the device (no host sync per step) and is reproducible
+with a ``torch.Generator``.
+
+Shape letters: B = batch (streams), P = prompt length, N = new tokens, V = vocabulary, D = d_model,
+C = context positions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from txl_audio.decoders import make_decoder
+
+ProgressFn = Callable[[int], None]
+
+
+# ----------------------------------------------------------------------------------------------------
+# token choice: pure functions
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Logits with the tokens that top-k / top-p sampling may not emit set to -inf (a new tensor).
+
+    ``top_k``: keep the k highest logits (tokens tied with the k-th are kept too). ``top_p`` (nucleus,
+    Holtzman et al. 2020): keep the smallest set of most probable tokens whose probability sums to at
+    least p (always at least the most probable one). With both, top-k is applied first and top-p
+    works on the renormalized survivors. ``None`` (or k >= V, p >= 1) leaves the logits unchanged.
+    Works on any leading shape; the last dimension is the vocabulary.
+    """
+    vocab = logits.shape[-1]
+    out = logits
+    if top_k is not None and top_k < vocab:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        if not 0.0 < top_p:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits.float(), dim=-1)
+        # drop a token when the more probable ones before it already reach p
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    return out
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or left unset), got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (or left unset), got {top_p}")
+
+
+def draw(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of ``logits (B, V)`` -> ``(B,)`` int64, on the logits' device.
+
+    temperature 0 is greedy (argmax; top-k/top-p do not change it). Otherwise softmax(logits / T)
+    restricted by :func:`filter_logits`, sampled as argmax(p / E) with E ~ Exp(1) drawn from
+    ``generator``: exact, with no host synchronisation.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    x = logits.float()
+    if temperature != 1.0:
+        x = x / temperature
+    x = filter_logits(x, top_k, top_p)
+    probs = torch.softmax(x, dim=-1)
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    # a zero draw would turn an excluded token's 0/0 into NaN; the clamp keeps excluded tokens at 0
+    return (probs / noise.clamp_min_(1e-30)).argmax(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# decoding
+
+
+def silence_token(tokenizer: Any = None, vocab_size: int | None = None) -> int:
+    """The code of 0.0 (silence): the default start token of unconditional generation."""
+    if tokenizer is not None:
+        import numpy as np
+
+        return int(np.asarray(tokenizer.encode(np.zeros(1, dtype=np.float32))).reshape(-1)[0])
+    if vocab_size is None:
+        raise ValueError("silence_token needs a tokenizer or a vocab_size")
+    return vocab_size // 2
+
+
+def _model_config(model: torch.nn.Module):
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("sample() needs a txl_audio TransformerXL (a model with .config)")
+    return config
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _start_tokens(
+    model: torch.nn.Module, prompt: torch.Tensor | None, batch_size: int | None, start_token: int | None
+) -> torch.Tensor:
+    """The tokens decoding conditions on: the prompt (B, P), or one start token per stream (B, 1)."""
+    config = _model_config(model)
+    device = _device(model)
+    if prompt is not None:
+        prompt = torch.as_tensor(prompt)
+        if prompt.dim() == 1:
+            prompt = prompt.unsqueeze(0)
+        if prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(f"prompt_tokens must be (B, P) with P >= 1, got shape {tuple(prompt.shape)}")
+        if batch_size is not None and prompt.shape[0] != batch_size:
+            if prompt.shape[0] != 1:
+                raise ValueError(f"prompt has {prompt.shape[0]} rows but batch_size={batch_size}")
+            prompt = prompt.expand(batch_size, -1)
+        lo, hi = int(prompt.min()), int(prompt.max())
+        if lo < 0 or hi >= config.vocab_size:
+            raise ValueError(f"prompt tokens must be in [0, {config.vocab_size}), got range [{lo}, {hi}]")
+        return prompt.to(device=device, dtype=torch.long)
+    if start_token is None:
+        start_token = config.vocab_size // 2
+    if not 0 <= start_token < config.vocab_size:
+        raise ValueError(f"start_token must be in [0, {config.vocab_size}), got {start_token}")
+    return torch.full((batch_size or 1, 1), start_token, dtype=torch.long, device=device)
+
+
+def _progress_every(batch_size: int) -> int:
+    """Steps between progress callbacks: often enough for a live bar, rarely enough to cost nothing."""
+    return 1024 if batch_size <= 16 else 256
+
+
+@torch.inference_mode()
+def sample(
+    model: torch.nn.Module,
+    prompt_tokens: torch.Tensor | None,
+    n_new: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    *,
+    batch_size: int | None = None,
+    start_token: int | None = None,
+    progress: ProgressFn | None = None,
+    decoder: str | None = None,
+    cuda_graph: bool | None = None,
+) -> torch.Tensor:
+    """Continue ``prompt_tokens (B, P)`` (or start from ``start_token``, ``batch_size`` streams) by
+    ``n_new`` tokens; returns the new tokens ``(B, n_new)`` int64 on the model's device.
+
+    temperature 0 = greedy. ``generator`` (on the model's device) makes the draws reproducible.
+    ``use_cache=False`` runs the slow reference path. ``progress(n)`` is called now and then with the
+    number of tokens per stream generated so far. ``decoder`` picks the implementation
+    (:mod:`txl_audio.decoders`): "static" (the default with the cache: fixed-shape ring buffers, a
+    CUDA graph on CUDA unless ``cuda_graph=False``), "cached" (the model's own ``step``) or
+    "reference" (the default without it). Run the model in eval mode; for bf16, convert it
+    (``model.to(torch.bfloat16)``).
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    if n_new < 0:
+        raise ValueError(f"n_new must be >= 0, got {n_new}")
+    tokens = _start_tokens(model, prompt_tokens, batch_size, start_token)
+    B = tokens.shape[0]
+    out = torch.empty(B, n_new, dtype=torch.long, device=tokens.device)
+    if n_new == 0:
+        return out
+    kind = decoder or ("static" if use_cache else "reference")
+    if not use_cache and kind != "reference":
+        raise ValueError(f"use_cache=False is the reference path; decoder={kind!r} contradicts it")
+    dec = make_decoder(model, B, kind, cuda_graph)
+    logits = dec.prefill(tokens)
+    every = _progress_every(B)
+    for i in range(n_new):
+        tok = draw(logits, temperature, top_k, top_p, generator)  # (B,)
+        out[:, i] = tok
+        if i + 1 < n_new:
+            logits = dec.step(tok)
+        if progress is not None and i % every == 0:
+            progress(i)
+    if progress is not None:
+        progress(n_new)
+    return out
+
+
+def now(device: torch.device) -> float:
+    """Wall time after the device's queued work has finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ----------------------------------------------------------------------------------------------------
+# checkpoint -> audio files
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but torch sees no CUDA GPU; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def generate_files(
+    checkpoint: str,
+    out_dir: str,
+    seconds: float = 4.0,
+    num: int = 8,
+    batch_size: int = 8,
+    prompt: str | None = None,
+    prompt_seconds: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    plots: bool = True,
+    show_progress: bool | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Generate ``num`` clips of ``seconds`` from a checkpoint into ``out_dir``: sample_NNN.wav
+    (16 kHz mono: the prompt, then the continuation), sample_NNN.png (spectrogram) and
+    generation.json (settings, speed, device); returns the JSON's contents.
+
+    Speed is reported as samples per second of generated audio (all streams together and per
+    stream) and as the real-time factor: samples per second / 16,000, above 1 = faster than real time.
+    ``dtype="bf16"`` runs a bf16 copy of the weights and cache (no autocast: nothing to cast per step).
+    ``threads``: CPU threads while decoding; default 1 (one token at a time is a chain of tiny ops:
+    more threads rarely help and, on a busy machine, make it many times slower).
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from txl_audio.audio import SAMPLE_RATE, load_audio, save_audio
+    from txl_audio.checkpoint import load_model, resolve_checkpoint
+
+    check_sampling_args(temperature, top_k, top_p)
+    for name, value in (("seconds", seconds), ("num", num), ("batch_size", batch_size)):
+        if not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    dev = resolve_device(device)
+    if dtype == "auto":
+        dtype = "bf16" if dev.type == "cuda" else "fp32"
+    if dtype not in ("bf16", "fp32"):
+        raise ValueError(f"--dtype must be bf16 or fp32, got {dtype!r}")
+    ckpt_path = resolve_checkpoint(checkpoint)
+    model, tokenizer, run_config = load_model(ckpt_path, dev)
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    if getattr(tokenizer, "unit", "sample") != "sample":
+        raise ValueError(
+            f"{ckpt_path}: this checkpoint models text ({type(tokenizer).__name__}); generate makes audio "
+            "and needs a checkpoint trained on an audio corpus"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    prompt_tokens = None
+    prompt_wave = np.zeros(0, dtype=np.float32)
+    if prompt is not None:
+        wave = load_audio(prompt, SAMPLE_RATE)  # resampled to 16 kHz, mono
+        if prompt_seconds and prompt_seconds > 0:
+            wave = wave[: max(1, round(prompt_seconds * SAMPLE_RATE))]
+        codes = np.asarray(tokenizer.encode(wave)).astype(np.int64)
+        prompt_tokens = torch.from_numpy(codes).unsqueeze(0)  # (1, P)
+        prompt_wave = np.asarray(tokenizer.decode(codes), dtype=np.float32)  # what the model heard
+    boundary = prompt_wave.size / SAMPLE_RATE
+    n_new = max(1, round(seconds * SAMPLE_RATE))
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    start = silence_token(tokenizer)
+
+    bar = tqdm(total=round(num * n_new / SAMPLE_RATE, 3), unit="s", desc="generated audio",
+               disable=None if show_progress is None else not show_progress,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} s [{elapsed}<{remaining}{postfix}]")
+    files, done_tokens, gen_time = [], 0, 0.0
+    threads_before = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(threads or 1)
+    try:
+        for first in range(0, num, batch_size):
+            b = min(batch_size, num - first)
+            t0 = now(dev)
+
+            def progress(n: int, b=b, t0=t0, done=done_tokens, spent=gen_time) -> None:
+                total = done + b * n
+                bar.n = round(total / SAMPLE_RATE, 3)
+                rate = total / max(spent + time.perf_counter() - t0, 1e-9)
+                bar.set_postfix_str(f"{rate / SAMPLE_RATE:.3f}x real time", refresh=False)
+                bar.refresh()
+
+            new = sample(model, prompt_tokens, n_new, temperature, top_k, top_p, generator,
+                         batch_size=b, start_token=start, progress=progress)
+            new = new.cpu().numpy()
+            gen_time += now(dev) - t0
+            done_tokens += b * n_new
+            for j in range(b):
+                i = first + j
+                wave = np.concatenate([prompt_wave, np.asarray(tokenizer.decode(new[j]), dtype=np.float32)])
+                wav_path = out / f"sample_{i:03d}.wav"
+                save_audio(wav_path, wave, SAMPLE_RATE)
+                entry = {"wav": wav_path.name, "seconds": wave.size / SAMPLE_RATE}
+                if plots:
+                    from txl_audio.spectrogram import plot_spectrogram
+
+                    png = plot_spectrogram(wave, out / f"sample_{i:03d}.png", SAMPLE_RATE,
+                                           title=f"{wav_path.name} ({ckpt_path.name}, T={temperature})",
+                                           boundary_seconds=boundary if prompt is not None else None)
+                    entry["png"] = png.name
+                files.append(entry)
+    finally:
+        bar.close()
+        torch.set_num_threads(threads_before)
+
+    rate = done_tokens / gen_time
+    report = {
+        "checkpoint": str(ckpt_path),
+        "model": run_config.to_dict()["model"],
+        "tokenizer": tokenizer.to_dict(),
+        "sample_rate": SAMPLE_RATE,
+        "settings": {
+            "seconds": seconds, "num": num, "batch_size": batch_size, "temperature": temperature,
+            "top_k": top_k, "top_p": top_p, "seed": seed, "device": str(dev), "dtype": dtype,
+            "threads": (threads or 1) if dev.type == "cpu" else None,
+            "prompt": None if prompt is None else str(prompt),
+            "prompt_seconds": prompt_seconds if prompt is not None else None,
+            "start_token": None if prompt is not None else start,
+        },
+        "prompt_boundary_seconds": boundary,
+        "new_samples_per_clip": n_new,
+        "samples_per_second": rate,
+        "samples_per_second_per_stream": rate / min(batch_size, num),
+        "realtime_factor": rate / SAMPLE_RATE,
+        "realtime_factor_per_stream": rate / SAMPLE_RATE / min(batch_size, num),
+        "generation_seconds": gen_time,
+        "device_name": device_name(dev),
+        "torch_version": torch.__version__,
+        "files": files,
+    }
+    (out / "generation.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
