@@ -347,3 +347,51 @@ def test_generate_command_unconditional_and_errors(tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
     assert main(["generate", str(ckpt), "--out", str(tmp_path / "x"), "--temperature", "-1"]) == 1
     assert "temperature" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPU (run with -m cuda on a machine with one)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def exact_fp32_matmul():
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_graph_decoding_equals_reference_on_gpu(exact_fp32_matmul):
+    from txl_audio.generate import sample
+
+    model = tiny_model(mem_len=6, tgt_len=4).cuda()
+    prompt = torch.randint(0, 32, (3, 7), generator=torch.Generator().manual_seed(0)).cuda()
+    graph = sample(model, prompt, 50, 0.0, decoder="static")  # CUDA graph by default on CUDA
+    eager = sample(model, prompt, 50, 0.0, decoder="static", cuda_graph=False)
+    reference = sample(model, prompt, 50, 0.0, use_cache=False)
+    assert torch.equal(graph, reference) and torch.equal(eager, reference)
+    a = sample(model, prompt, 50, 1.0, top_p=0.9, generator=torch.Generator("cuda").manual_seed(3))
+    b = sample(model, prompt, 50, 1.0, top_p=0.9, generator=torch.Generator("cuda").manual_seed(3),
+               cuda_graph=False)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_generate_command_bf16_on_gpu(tmp_path):
+    import soundfile as sf
+
+    from txl_audio.generate import generate_files
+    from txl_audio.tokenizers import MuLawTokenizer
+
+    ckpt = write_checkpoint(tmp_path / "m.pt", tiny_model(vocab_size=256, mem_len=64, tgt_len=32),
+                            MuLawTokenizer(8))
+    report = generate_files(str(ckpt), str(tmp_path / "g"), seconds=0.1, num=4, batch_size=4, device="cuda",
+                            dtype="bf16", plots=False)
+    assert report["settings"]["dtype"] == "bf16" and "cpu" not in report["device_name"]
+    for i in range(4):
+        assert sf.info(tmp_path / "g" / f"sample_{i:03d}.wav").frames == 1600

@@ -154,3 +154,8 @@ def plot_nll_vs_position(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+# Spectrograms (log-mel via torch.stft) live in txl_audio/spectrogram.py; re-exported so every figure
+# function is found here.
+from txl_audio.spectrogram import log_mel_spectrogram, plot_spectrogram  # noqa: E402, F401
