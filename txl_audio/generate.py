@@ -332,6 +332,7 @@ def generate_files(
     threads_before = torch.get_num_threads()
     if dev.type == "cpu":
         torch.set_num_threads(threads or 1)
+    name = device_name(dev)
     try:
         for first in range(0, num, batch_size):
             b = min(batch_size, num - first)
@@ -388,7 +389,7 @@ def generate_files(
         "realtime_factor": rate / SAMPLE_RATE,
         "realtime_factor_per_stream": rate / SAMPLE_RATE / min(batch_size, num),
         "generation_seconds": gen_time,
-        "device_name": device_name(dev),
+        "device_name": name,
         "torch_version": torch.__version__,
         "files": files,
     }
