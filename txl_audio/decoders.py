@@ -201,11 +201,13 @@ class StaticDecoder:
             xin = layer.attn_norm(h) if layer.pre_norm else h
             qkv = attn.qkv(xin).view(B, 3, H, Dh)  # (B, 3, H, Dh)
             q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # (B, H, Dh)
-            self.keys[i].index_copy_(2, slot, k.unsqueeze(2))  # (B, H, W, Dh)
-            self.values[i].index_copy_(2, slot, v.unsqueeze(2))
+            # (casts are no-ops unless run under autocast with float32 buffers)
+            self.keys[i].index_copy_(2, slot, k.unsqueeze(2).to(self.keys[i].dtype))  # (B, H, W, Dh)
+            self.values[i].index_copy_(2, slot, v.unsqueeze(2).to(self.values[i].dtype))
+            q = q.to(self.keys[i].dtype)
             if self.relative:
-                qu = ((q + attn.u) * scale).unsqueeze(2)  # (B, H, 1, Dh)
-                qv = (q + attn.v) * scale  # (B, H, Dh)
+                qu = ((q + attn.u.to(q.dtype)) * scale).unsqueeze(2)  # (B, H, 1, Dh)
+                qv = (q + attn.v.to(q.dtype)) * scale  # (B, H, Dh)
                 # position scores against the W distances, one matmul per head over the batch
                 by_dist = torch.matmul(qv.transpose(0, 1), self.rel[i].transpose(1, 2))  # (H, B, W)
                 by_dist = by_dist.transpose(0, 1).unsqueeze(2)  # (B, H, 1, W)
