@@ -80,22 +80,25 @@ def make_eval_step(model: torch.nn.Module) -> Callable[[torch.Tensor], None]:
     return step
 
 
-def time_steps(step: Callable[[torch.Tensor], None], segs: list[torch.Tensor], warmup: int = 1) -> float:
-    """Tokens per second of ``step`` over ``segs`` (the first ``warmup`` not timed, but they build
-    the memory)."""
+def time_steps(
+    step: Callable[[torch.Tensor], None], segs: list[torch.Tensor], warmup: int = 1
+) -> list[float]:
+    """Seconds taken by each call of ``step`` on ``segs`` after the first ``warmup`` (which are run
+    untimed, and build the memory)."""
     for s in segs[:warmup]:
         step(s)
-    t0 = time.perf_counter()
+    times = []
     for s in segs[warmup:]:
+        t0 = time.perf_counter()
         step(s)
-    dt = time.perf_counter() - t0
-    return sum(s.shape[0] * (s.shape[1] - 1) for s in segs[warmup:]) / dt
+        times.append(time.perf_counter() - t0)
+    return times
 
 
-def compare_throughput(
-    cfg: ModelConfig, batch: int, steps: int, repeats: int, train: bool
-) -> dict[str, float | list[float]]:
-    """Ours vs einsum, same weights, alternating runs of ``steps`` timed segments; median tokens/s."""
+def compare_throughput(cfg: ModelConfig, batch: int, steps: int, repeats: int, train: bool) -> dict:
+    """Ours vs einsum with the same weights: ``repeats`` alternating runs of ``steps`` timed segments
+    each. Tokens/s from the fastest step ("best": least disturbed by other load on a shared machine)
+    and from the median step."""
     torch.manual_seed(0)
     ours = TransformerXL(cfg)
     ref = from_model(ours)
@@ -103,37 +106,44 @@ def compare_throughput(
     ref.train(train)
     make = make_train_step if train else make_eval_step
     segs = _segments(cfg, batch, steps + 1)
-    runs: dict[str, list[float]] = {"ours": [], "einsum": []}
+    tokens = batch * cfg.tgt_len
+    times: dict[str, list[float]] = {"ours": [], "einsum": []}
     step_ours, step_ref = make(ours), make(ref)
-    for _ in range(repeats):
-        runs["ours"].append(time_steps(step_ours, segs))
-        runs["einsum"].append(time_steps(step_ref, segs))
-    o, r = statistics.median(runs["ours"]), statistics.median(runs["einsum"])
-    return {"ours": o, "einsum": r, "ratio": o / r, "ours_runs": runs["ours"], "einsum_runs": runs["einsum"]}
+    for r in range(repeats):
+        times["ours"] += time_steps(step_ours, segs, warmup=1 if r == 0 else 0)
+        times["einsum"] += time_steps(step_ref, segs, warmup=1 if r == 0 else 0)
+    res: dict = {}
+    for name, ts in times.items():
+        res[name] = tokens / min(ts)
+        res[f"{name}_median"] = tokens / statistics.median(ts)
+        res[f"{name}_step_seconds"] = ts
+    res["ratio"] = res["ours"] / res["einsum"]
+    res["ratio_median"] = res["ours_median"] / res["einsum_median"]
+    return res
 
 
 @torch.no_grad()
-def decode_cached(model: TransformerXL, prompt: torch.Tensor, n_new: int) -> tuple[torch.Tensor, float]:
-    """Greedy decoding with the key/value cache; returns the new tokens (B, n_new) and tokens/s
-    (prompt processing not timed)."""
+def decode_cached(model: TransformerXL, prompt: torch.Tensor, n_new: int) -> tuple[torch.Tensor, list[float]]:
+    """Greedy decoding with the key/value cache; returns the new tokens (B, n_new) and the seconds
+    each one-token step took (prompt processing not timed)."""
     cache = model.init_cache(prompt.shape[0])
     for s in range(0, prompt.shape[1], model.config.tgt_len):
         logits, cache = model.step(prompt[:, s : s + model.config.tgt_len], cache)
     tok = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-    out = [tok]
-    t0 = time.perf_counter()
+    out, times = [tok], []
     for _ in range(n_new - 1):
+        t0 = time.perf_counter()
         logits, cache = model.step(tok, cache)
         tok = logits[:, -1].argmax(-1, keepdim=True)
+        times.append(time.perf_counter() - t0)
         out.append(tok)
-    dt = time.perf_counter() - t0
-    return torch.cat(out, 1), prompt.shape[0] * (n_new - 1) / dt
+    return torch.cat(out, 1), times
 
 
 @torch.no_grad()
 def decode_feeding_memories(
     model: torch.nn.Module, prompt: torch.Tensor, n_new: int
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, list[float]]:
     """Greedy decoding the way the authors' code decodes: each token goes through forward() with the
     per-layer hidden states of its context as memory; the context grows within a segment and is cut
     to the last mem_len positions at each segment boundary (the same context the cache sees)."""
@@ -159,27 +169,31 @@ def decode_feeding_memories(
         o = model(seg, mems=ctx, mem_len=(0 if ctx is None else ctx[0].shape[1]) + seg.shape[1])
         ctx, pos, logits = o.mems, pos + seg.shape[1], o.logits[:, -1]
     tok = logits.argmax(-1, keepdim=True)
-    out = [tok]
-    t0 = time.perf_counter()
+    out, times = [tok], []
     for _ in range(n_new - 1):
+        t0 = time.perf_counter()
         tok = feed(tok).argmax(-1, keepdim=True)
+        times.append(time.perf_counter() - t0)
         out.append(tok)
-    dt = time.perf_counter() - t0
-    return torch.cat(out, 1), prompt.shape[0] * (n_new - 1) / dt
+    return torch.cat(out, 1), times
 
 
-def compare_decoding(cfg: ModelConfig, batch: int, prompt_len: int, n_new: int) -> dict[str, float | bool]:
+def compare_decoding(cfg: ModelConfig, batch: int, prompt_len: int, n_new: int) -> dict:
+    """Tokens/s (summed over the batch) of cached decoding and of feeding memories back, from the
+    fastest step ("best") and the median step, and whether both chose the same greedy tokens."""
     torch.manual_seed(0)
     model = TransformerXL(cfg).eval()
     prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len))
-    tok_c, cached = decode_cached(model, prompt, n_new)
-    tok_f, fed = decode_feeding_memories(model, prompt, n_new)
-    return {
-        "cached": cached,
-        "feeding_memories": fed,
-        "ratio": cached / fed,
-        "same_tokens": bool((tok_c == tok_f).all()),
-    }
+    tok_c, t_c = decode_cached(model, prompt, n_new)
+    tok_f, t_f = decode_feeding_memories(model, prompt, n_new)
+    res: dict = {}
+    for name, ts in (("cached", t_c), ("feeding_memories", t_f)):
+        res[name] = batch / min(ts)
+        res[f"{name}_median"] = batch / statistics.median(ts)
+    res["ratio"] = res["cached"] / res["feeding_memories"]
+    res["ratio_median"] = res["cached_median"] / res["feeding_memories_median"]
+    res["same_tokens"] = bool((tok_c == tok_f).all())
+    return res
 
 
 def run(quick: bool = False, out: Path | None = RESULTS, threads: int = 2) -> dict:
@@ -197,7 +211,7 @@ def run(quick: bool = False, out: Path | None = RESULTS, threads: int = 2) -> di
     res["train"] = compare_throughput(cfg, batch, steps, repeats, train=True)
     res["eval"] = compare_throughput(cfg, batch, steps, repeats, train=False)
     dcfg = dataclasses.replace(cfg, mem_len=64 if quick else 1024, dropout=0.0)
-    # the prompt fills the memory, so every timed token attends mem_len .. mem_len + tgt_len keys
+    # the prompt fills the memory, so every timed token attends mem_len + 1 .. mem_len + tgt_len keys
     prompt_len = dcfg.mem_len + dcfg.tgt_len
     n_new = 8 if quick else 48
     res["decode_mem_len"] = dcfg.mem_len
@@ -218,16 +232,23 @@ def print_table(res: dict) -> None:
         f"vocab {c['vocab_size']}, tgt_len {c['tgt_len']}, mem_len {c['mem_len']}, batch {res['batch']}, "
         f"float32, {res['threads']} threads, torch {res['torch']}"
     )
-    print(f"{'measure':<34}{'ours tok/s':>12}{'baseline tok/s':>16}{'ratio':>8}")
-    for key, name in (("train", "training (fwd+bwd+AdamW)"), ("eval", "evaluation (fwd, memory)")):
+    print("tokens/s: best step (median step in brackets); ratio = ours / baseline")
+    print(f"{'measure':<36}{'ours':>18}{'baseline':>18}{'ratio':>15}   baseline")
+    for key, name in (("train", "training (fwd+bwd+AdamW)"), ("eval", "evaluation (fwd with memory)")):
         r = res[key]
-        print(f"{name:<34}{r['ours']:>12.0f}{r['einsum']:>16.0f}{r['ratio']:>7.2f}x   baseline: einsum")
+        print(
+            f"{name:<36}{r['ours']:>9.0f} ({r['ours_median']:>6.0f})"
+            f"{r['einsum']:>9.0f} ({r['einsum_median']:>6.0f})"
+            f"{r['ratio']:>7.2f}x ({r['ratio_median']:.2f}x)   einsum"
+        )
     for b in (1, 16):
         r = res[f"decode_b{b}"]
         name = f"decoding, batch {b}, mem_len {res['decode_mem_len']}"
         print(
-            f"{name:<34}{r['cached']:>12.0f}{r['feeding_memories']:>16.0f}{r['ratio']:>7.2f}x   "
-            f"baseline: feeding memories back (same tokens: {r['same_tokens']})"
+            f"{name:<36}{r['cached']:>9.0f} ({r['cached_median']:>6.0f})"
+            f"{r['feeding_memories']:>9.0f} ({r['feeding_memories_median']:>6.0f})"
+            f"{r['ratio']:>7.2f}x ({r['ratio_median']:.2f}x)   feeding memories back"
+            f" (same tokens: {r['same_tokens']})"
         )
 
 

@@ -157,6 +157,39 @@ def test_matches_einsum_reference_in_float64():
     close(run_segments(model, x, 5, dp), run_segments(ref, x, 5, dp), tol=1e-12)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(same_length=True, pre_norm=True)])
+def test_gradients_match_einsum_reference(kw):
+    """The training path (a custom backward on CPU) gives the gradients autograd gives the einsum model."""
+    cfg = tiny(mem_len=6, **kw)
+    model = make_model(cfg).double().train()
+    ref = from_model(model)
+    x = torch.randint(0, V, (2, 10))
+    t = torch.randint(0, V, (2, 10))
+    dp = torch.tensor([list(range(10)), [3, 4, 0, 1, 2, 3, 4, 5, 0, 1]])
+    for m in (model, ref):
+        mems = None
+        for s in (0, 5):
+            out = m(
+                x[:, s : s + 5],
+                mems=mems,
+                targets=t[:, s : s + 5],
+                doc_pos=dp[:, s : s + 5],
+            )
+            out.loss.sum().backward()
+            mems = out.mems
+    grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-10, rtol=0, msg=name)
+
+
+def test_relative_attention_function_refuses_a_second_backward():
+    model = make_model(tiny()).train()
+    loss = model(torch.randint(0, V, (1, 5)), targets=torch.ones(1, 5, dtype=torch.long)).loss.sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward"):
+        loss.backward()
+
+
 # ---- the paper's equation, written out with loops ----
 
 

@@ -144,17 +144,29 @@ class MultiHeadAttention(nn.Module):
         if self.relative:
             assert rel_k is not None
             # the 1/sqrt(Dh) scale is folded into the queries so (b)+(d) is scaled once, here
-            qu = (qh + self.u[:, None]) * self.scale  # (B, H, T, Dh)
-            qv = (qh + self.v[:, None]) * self.scale
-            bias = rel_shift(torch.matmul(qv, rel_k.transpose(-1, -2)))  # (B, H, T, K), a view
-            bias = bias + mask if mask is not None else bias.contiguous()
-            o = F.scaled_dot_product_attention(
-                qu, kh, vh, attn_mask=bias.to(qu.dtype), dropout_p=p, scale=1.0
-            )
+            qu = (qh + self.u.to(qh.dtype)[:, None]) * self.scale  # (B, H, T, Dh)
+            qv = (qh + self.v.to(qh.dtype)[:, None]) * self.scale
+            rel_t = rel_k.transpose(-1, -2)  # (H, Dh, K+1)
+            needs_grad = torch.is_grad_enabled() and (qh.requires_grad or rel_k.requires_grad)
+            if needs_grad and p == 0.0 and qh.device.type == "cpu" and not torch.compiler.is_compiling():
+                o = RelativeAttentionCPU.apply(qu, qv, kh, vh, rel_t, mask)
+            elif needs_grad:
+                bias = rel_shift(torch.matmul(qv, rel_t))  # (B, H, T, K), a view
+                bias = bias + mask if mask is not None else bias.contiguous()
+                o = F.scaled_dot_product_attention(
+                    qu, kh, vh, attn_mask=bias.to(qu.dtype), dropout_p=p, scale=1.0
+                )
+            else:
+                o = _relative_inference(qu, qv, kh, vh, rel_t, mask, p)
         else:
             causal_only = mask is None and T == k.shape[1]
             o = F.scaled_dot_product_attention(
-                qh, kh, vh, attn_mask=None if causal_only else mask, dropout_p=p, is_causal=causal_only
+                qh,
+                kh,
+                vh,
+                attn_mask=None if causal_only or mask is None else mask.to(qh.dtype),
+                dropout_p=p,
+                is_causal=causal_only,
             )
         return o.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*Dh)
 
@@ -162,3 +174,93 @@ class MultiHeadAttention(nn.Module):
         """x (B, T, D), mem (B, M, D) or None -> (B, T, D) (before dropout and residual)."""
         q, k, v = self.project(x, mem)
         return self.out(self.attend(q, k, v, rel_k, mask))
+
+
+# Without autograd the (B, H, T, K) position scores can take the mask in place, and on CPU they are
+# made a few batch rows at a time: fresh large buffers cost page faults (the allocator returns
+# blocks over ~32 MB to the system), while a few MB are recycled from the heap.
+_CPU_CHUNK_ELEMENTS = 1 << 21
+
+
+def _relative_inference(
+    qu: Tensor, qv: Tensor, kh: Tensor, vh: Tensor, rel_t: Tensor, mask: Tensor | None, p: float
+) -> Tensor:
+    """Relative attention without autograd: qu, qv (B, H, T, Dh), kh, vh (B, H, K, Dh), rel_t
+    (H, Dh, K+1) -> (B, H, T, Dh)."""
+    B, H, T = qu.shape[:3]
+    K = kh.shape[2]
+    step = B if qu.device.type != "cpu" else _cpu_rows(B, H, T, K)
+    outs = []
+    for b in range(0, B, step):
+        rows = slice(b, b + step)
+        bias = rel_shift(torch.matmul(qv[rows], rel_t))  # (b, H, T, K), a view
+        if mask is not None:
+            bias.add_(mask if mask.shape[0] == 1 else mask[rows])
+        outs.append(
+            F.scaled_dot_product_attention(
+                qu[rows], kh[rows], vh[rows], attn_mask=bias, dropout_p=p, scale=1.0
+            )
+        )
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _cpu_rows(B: int, H: int, T: int, K: int) -> int:
+    return max(1, _CPU_CHUNK_ELEMENTS // (H * T * (K + 1)))
+
+
+class RelativeAttentionCPU(torch.autograd.Function):
+    """Relative attention for training on CPU with few (T, K)-sized buffers.
+
+    Autograd through SDPA with a float mask that needs a gradient takes PyTorch's math path, which
+    materializes scores, probabilities, their gradients and the shift's padding (about eight fresh
+    (B, H, T, K) tensors per layer; on CPU each costs page faults as well as memory traffic). Here the
+    forward pass is the fused flash kernel with the position scores as its mask, keeping only those
+    scores and the log-sum-exp; the backward pass recomputes the probabilities a few batch rows at a
+    time and writes the position-score gradient back into the saved scores' buffer.
+
+    qu = (q + u)/sqrt(Dh), qv = (q + v)/sqrt(Dh) (B, H, T, Dh); k, v (B, H, K, Dh); rel_t (H, Dh, K+1)
+    relative keys for distances K-1..-1; mask additive (B|1, 1, T, K) or None (T == 1 only).
+    """
+
+    @staticmethod
+    def forward(ctx, qu, qv, k, v, rel_t, mask):  # type: ignore[override]
+        raw = torch.matmul(qv, rel_t)  # (B, H, T, K+1)
+        bias = rel_shift(raw)  # (B, H, T, K), a view of raw
+        if mask is not None:
+            bias.add_(mask)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qu, k, v, 0.0, False, attn_mask=bias, scale=1.0
+        )
+        ctx.save_for_backward(qu, qv, k, v, rel_t, raw, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):  # type: ignore[override]
+        if getattr(ctx, "used", False):  # the saved scores' buffer now holds their gradient
+            raise RuntimeError(
+                "RelativeAttentionCPU supports one backward pass per forward (no retain_graph)"
+            )
+        ctx.used = True
+        qu, qv, k, v, rel_t, raw, out, lse = ctx.saved_tensors
+        B, H, T, K = qu.shape[0], qu.shape[1], qu.shape[2], k.shape[2]
+        d_qu, d_k, d_v = torch.empty_like(qu), torch.empty_like(k), torch.empty_like(v)
+        delta = (d_out * out).sum(-1, keepdim=True)  # (B, H, T, 1) = rowsum(dP * P)
+        step = _cpu_rows(B, H, T, K)
+        for b in range(0, B, step):
+            rows = slice(b, b + step)
+            bias = rel_shift(raw[rows])  # (b, H, T, K)
+            p = torch.matmul(qu[rows], k[rows].transpose(-1, -2)).add_(bias)  # scores
+            p.sub_(lse[rows].unsqueeze(-1)).exp_()  # probabilities (0 where masked)
+            d_v[rows] = torch.matmul(p.transpose(-1, -2), d_out[rows])
+            ds = torch.matmul(d_out[rows], v[rows].transpose(-1, -2))  # dP
+            ds.sub_(delta[rows]).mul_(p)  # dS = P * (dP - delta): gradient of the scores
+            d_qu[rows] = torch.matmul(ds, k[rows])
+            d_k[rows] = torch.matmul(ds.transpose(-1, -2), qu[rows])
+            bias.copy_(ds)  # the position scores' gradient, in raw's layout (masked entries are 0)
+            flat = raw[rows].flatten(-2)
+            flat[..., : T - 1] = 0  # the entries rel_shift never reads
+            flat[..., T - 1 + T * K :] = 0
+        d_raw = raw  # (B, H, T, K+1), now holding the gradient
+        d_qv = torch.matmul(d_raw, rel_t.transpose(-1, -2))  # (B, H, T, Dh)
+        d_rel = torch.matmul(qv.transpose(-1, -2), d_raw).sum(0)  # (H, Dh, K+1)
+        return d_qu, d_qv, d_k, d_v, d_rel, None

@@ -95,7 +95,7 @@ class FeedForward(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(F.relu(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(F.relu(self.fc1(x), inplace=True))))
 
 
 class DecoderLayer(nn.Module):
