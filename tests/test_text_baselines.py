@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -154,3 +155,93 @@ def test_tiny_word_model_beats_unigram_perplexity(shared_data, tmp_path):
 def test_unigram_perplexity_helper_on_known_distribution():
     # two symbols seen 1 and 3 times: add-one gives p = 2/6, 4/6; valid = [1, 1] -> ppl = 1.5
     assert _unigram_ppl(np.array([0, 1, 1, 1]), np.array([1, 1]), 2) == pytest.approx(1.5)
+
+
+# ---- the recipes end to end on tiny generated corpora and a tiny model ---------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
+        "--set", "model.d_head=16", "--set", "model.d_inner=64", "--set", "model.tgt_len=16",
+        "--set", "model.mem_len=16", "--set", "train.batch_size=4", "--set", "train.max_steps=3",
+        "--set", "train.max_time=0", "--set", "data.max_eval_tokens=256", "--set", "train.threads=1"]
+
+
+def _words_folder(folder: Path, prefix: str, ext: str, n_words: int = 100) -> Path:
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(n_words)]
+    folder.mkdir(parents=True)
+    for split, n in (("train", 300), ("valid", 40), ("test", 40)):
+        lines = [" ".join(rng.choice(vocab, rng.integers(3, 12))) for _ in range(n)]
+        (folder / f"{prefix}.{split}.{ext}").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _run_recipe(tmp_path: Path, args: list[str], **env_extra: str):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.update({"TXL": f"{sys.executable} -m txl_audio", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+                **env_extra})
+    proc = subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("recipe,prefix,ext", [
+    ("ptb.sh", "ptb", "txt"),
+    pytest.param("wikitext2.sh", "wiki", "tokens", marks=pytest.mark.slow),
+])
+def test_word_recipe_end_to_end(tmp_path, recipe, prefix, ext):
+    src = _words_folder(tmp_path / "src", prefix, ext)
+    out = tmp_path / "out"
+    # the CPU config's adaptive softmax, cut to the 102-word toy vocabulary
+    proc = _run_recipe(tmp_path, [f"recipes/{recipe}", str(src), *TINY, "--set", "model.cutoffs=[20, 60]"],
+                       OUT=str(out))
+    summary = json.loads((out / "run" / "eval_test" / "summary.json").read_text())
+    assert summary["split"] == "test" and summary["mode"] == "stream"
+    assert 1 < summary["perplexity"] < 1000
+    assert "perplexity" in proc.stdout
+    assert "cutoffs = [20, 60]" in (out / "run" / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("recipe,fmt", [
+    ("shakespeare_char.sh", "bytes"),
+    pytest.param("enwik8.sh", "enwik8", marks=pytest.mark.slow),
+    pytest.param("text8.sh", "text8", marks=pytest.mark.slow),
+])
+def test_char_recipe_end_to_end(tmp_path, recipe, fmt):
+    src = tmp_path / "input.txt"
+    rng = np.random.default_rng(0)
+    src.write_text("".join(rng.choice(list("abcdefgh \n"), 20_000)))
+    out = tmp_path / "out"
+    config = "recipes/configs/shakespeare_char_cpu.toml"
+    proc = _run_recipe(tmp_path, [f"recipes/{recipe}", str(src), *TINY], OUT=str(out), CONFIG=config,
+                       EVAL="--mem-len 32")
+    split = "valid" if recipe == "shakespeare_char.sh" else "test"
+    summary = json.loads((out / "run" / f"eval_{split}" / "summary.json").read_text())
+    assert summary["mem_len"] == 32  # EVAL reached the evaluation
+    assert 0 < summary["bits_per_token"] < 9
+    corpus = json.loads((out / "corpus" / "meta.json").read_text())
+    assert corpus["source"]["format"] == fmt
+    if recipe == "shakespeare_char.sh":
+        assert "nats/char" in proc.stdout
+        assert corpus["splits"]["train"]["tokens"] == 18_000  # nanoGPT's 90 / 10 split
+
+
+@pytest.mark.slow  # 7 commands (~30 s); ptb.sh and shakespeare_char.sh cover the shared stages by default
+def test_text_baselines_end_to_end(tmp_path):
+    src = tmp_path / "input.txt"
+    rng = np.random.default_rng(0)
+    src.write_text("".join(rng.choice(list("abcdefgh \n"), 20_000)))
+    out = tmp_path / "out"
+    proc = _run_recipe(tmp_path, ["recipes/text_baselines.sh", str(src), *TINY], OUT=str(out), STEPS="3")
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]  # no header
+    assert [r[1].strip() for r in rows] == ["Transformer-XL", "no memory (mem_len 0)", "absolute positions"]
+    assert all(0 < float(r[-3]) < 9 for r in rows)  # valid nats/token, a number for each
+    for run, attention, mem in (("xl", "relative", 16), ("no_memory", "relative", 0),
+                                ("absolute", "absolute", 0)):
+        cfg = (out / run / "config.toml").read_text()
+        assert f'attention = "{attention}"' in cfg and f"mem_len = {mem}\n" in cfg
+        assert "max_steps = 3\n" in cfg  # equal compute: the same steps for all three

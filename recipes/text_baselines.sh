@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Transformer-XL against its two ablations, same data and same compute, one table:
+#   transformer-xl   relative positions + segment recurrence memory (the config's mem_len)
+#   no memory        relative positions, mem_len = 0: every segment is read on its own
+#   absolute         the vanilla Transformer: absolute sinusoid positions, no memory
+# All three use the same config, seed, batches, segment length and number of steps (STEPS; the same
+# tokens seen), so the table shows what recurrence and relative positions buy. Each is evaluated on
+# EVAL_SPLIT as one continuous stream at its training lengths (the no-memory models therefore see on
+# average tgt_len / 2 previous tokens: the context fragmentation the paper describes).
+#
+#   recipes/text_baselines.sh [INPUT]   default ../shared/data/text/tinyshakespeare.txt
+#
+# env: CONFIG (recipes/configs/shakespeare_char_cpu.toml), FORMAT (bytes; words for PTB / WikiText
+#      folders), SPLIT_FRACTIONS (0.9,0.1,0 for a single file, as nanoGPT), EVAL_SPLIT (valid),
+#      STEPS (1000), OUT (runs/text_baselines), SET / RESUME / TXL as in recipes/text_common.sh.
+# Word level, e.g.: CONFIG=recipes/configs/ptb_cpu.toml FORMAT=words recipes/text_baselines.sh ../shared/data/text/ptb
+set -euo pipefail
+source "$(dirname "$0")/text_common.sh"
+
+src="${1:-$TEXT_DATA/tinyshakespeare.txt}"
+need "$src" "a text file or a PTB/WikiText-style folder"
+CONFIG="${CONFIG:-$ROOT/recipes/configs/shakespeare_char_cpu.toml}"
+FORMAT="${FORMAT:-bytes}"
+EVAL_SPLIT="${EVAL_SPLIT:-valid}"
+STEPS="${STEPS:-1000}"
+OUT="${OUT:-runs/text_baselines}"
+
+split_args=()
+[[ -f "$src" && "$FORMAT" != enwik8 && "$FORMAT" != text8 ]] && split_args=(--split-fractions "${SPLIT_FRACTIONS:-0.9,0.1,0}")
+txl prepare-text "$src" --out "$OUT/corpus" --format "$FORMAT" "${split_args[@]}"
+
+# equal compute: the same number of steps (and so the same batches) for all, no time limit
+common=(--set "train.max_steps=$STEPS" --set "train.max_time=0" --set "train.eval_every=$((STEPS * 10))"
+        --set "train.ckpt_every=$((STEPS * 10))")
+train_run "$CONFIG" "$OUT/xl" "$OUT/corpus" "${common[@]}" "${@:2}"
+train_run "$CONFIG" "$OUT/no_memory" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0
+train_run "$CONFIG" "$OUT/absolute" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0 --set model.attention=absolute
+for v in xl no_memory absolute; do
+    txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split "$EVAL_SPLIT" --stream --no-baselines --no-progress
+done
+
+"$PYTHON" - "$OUT" "$EVAL_SPLIT" <<'PY'
+import json, math, sys
+from pathlib import Path
+
+from txl_audio.config import load_config
+
+out, split = Path(sys.argv[1]), sys.argv[2]
+rows = []
+for name, label in (("xl", "Transformer-XL"), ("no_memory", "no memory (mem_len 0)"),
+                    ("absolute", "absolute positions")):
+    run = out / name
+    s = json.loads((run / f"eval_{split}" / "summary.json").read_text())
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [r for r in recs if r.get("split") == "train"]
+    m = load_config(run / "config.toml").model
+    word = "perplexity" in s
+    metric = f"{s['perplexity']:.2f}" if word else f"{s['bits_per_token']:.4f}"
+    rows.append((label, m.attention, m.tgt_len, m.mem_len, train[-1]["step"],
+                 f"{train[-1]['time']:.0f}", f"{s['nll_nats_per_token']:.4f}", metric, s["tokens"]))
+unit = "perplexity" if word else "bits/char"
+print()
+print(f"| model | attention | tgt_len | mem_len | steps | train s | {split} nats/token | {unit} |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(str(x) for x in r[:-1]) + " |")
+print(f"\n({rows[0][-1]:,} {split} tokens, each model evaluated as one stream at its training lengths)")
+PY
