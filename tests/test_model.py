@@ -11,6 +11,7 @@ import torch
 
 from txl_audio.config import ModelConfig
 from txl_audio.model import IGNORE_INDEX, TransformerXL
+from txl_audio.model.transformer import Memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from einsum_reference import from_model  # noqa: E402
@@ -83,6 +84,33 @@ def test_mems_are_last_mem_len_layer_inputs():
     for m, w in zip(out2.mems, whole.mems):
         assert m.shape == (2, cfg.mem_len, cfg.d_model) and not m.requires_grad
         close(m, w[:, -cfg.mem_len :])
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_inference_reuses_memory_keys_values_only_while_weights_are_unchanged(pre_norm):
+    model = make_model(tiny(pre_norm=pre_norm, mem_len=20))
+    x = torch.randint(0, V, (2, 15))
+    with torch.no_grad():
+        full = model(x).logits
+        reused = run_segments(model, x, 5)  # Memory objects carry keys/values along
+        plain, mems = [], None
+        for s in range(0, 15, 5):
+            out = model(x[:, s : s + 5], mems=None if mems is None else tuple(mems))  # plain tuples
+            mems, _ = out.mems, plain.append(out.logits)
+        close(reused, full)
+        close(torch.cat(plain, 1), full)
+
+        out = model(x[:, :5])
+        assert isinstance(out.mems, Memory) and out.mems.kv[0].shape == (2, 5, 2, 2, 8)
+        # the carried keys/values are really used...
+        bad = Memory(tuple(out.mems), tuple(torch.zeros_like(kv) for kv in out.mems.kv), out.mems.stamp)
+        assert (model(x[:, 5:10], mems=bad).logits - full[:, 5:10]).abs().max() > 1e-3
+        # ...and dropped once a weight changes in place (an optimizer step, load_state_dict)
+        (model.layers[0].attn_norm.weight if pre_norm else model.layers[1].attn.qkv.weight).mul_(1.5)
+        fresh = model(x[:, 5:10], mems=tuple(out.mems)).logits  # same memory, re-projected
+        close(model(x[:, 5:10], mems=bad).logits, fresh)
+    # with gradients enabled the memory is a plain tuple: keys/values must be re-projected
+    assert not isinstance(model(x[:, :5]).mems, Memory)
 
 
 def test_memory_carries_no_gradient_into_previous_segment():

@@ -117,21 +117,27 @@ class MultiHeadAttention(nn.Module):
         r = self.r_net(pos_emb)  # (R, H*Dh)
         return r.view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, R, Dh)
 
-    def project(self, x: Tensor, mem: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries for x (B, T, D); keys and values for [mem; x] (B, M+T, D). Returns q (B, T, H, Dh),
-        k, v (B, K, H, Dh) as views (no copies)."""
+    def project(self, x: Tensor, mem: Tensor | None, mem_kv: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Queries for x (B, T, D); keys and values for [mem; x] (B, M+T, D). Returns q (B, T, H, Dh)
+        and kv (B, K, 2, H, Dh) (keys kv[:, :, 0], values kv[:, :, 1]). ``mem_kv`` (B, M, 2, H, Dh):
+        the memory's keys and values from the previous segment, used instead of re-projecting
+        ``mem`` when given (inference with unchanged weights: the result is the same)."""
         B, T, _ = x.shape
-        hd = self.n_head * self.d_head
-        if mem is None or mem.size(1) == 0:
-            qkv = self.qkv(x).view(B, T, 3, self.n_head, self.d_head)  # (B, T, 3, H, Dh)
-            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        H, Dh = self.n_head, self.d_head
+        M = 0 if mem is None else mem.shape[1]
         w = self.qkv.weight
-        q = F.linear(x, w[:hd]).view(B, T, self.n_head, self.d_head)  # (B, T, H, Dh)
+        if M == 0 or mem_kv is not None:
+            qkv = self.qkv(x).view(B, T, 3, H, Dh)  # (B, T, 3, H, Dh)
+            if M == 0:
+                return qkv[:, :, 0], qkv[:, :, 1:]
+            if mem_kv.shape[:2] != mem.shape[:2] or mem_kv.dtype != qkv.dtype:  # stale: recompute
+                mem_kv = F.linear(mem, w[H * Dh :]).view(B, M, 2, H, Dh)
+            return qkv[:, :, 0], torch.cat([mem_kv, qkv[:, :, 1:]], dim=1)  # (B, K, 2, H, Dh)
+        q = F.linear(x, w[: H * Dh]).view(B, T, H, Dh)  # (B, T, H, Dh)
         # keys and values of the memory are re-projected with the current weights (the paper's
         # recurrence: memory is hidden states, gradients reach W_kE and W_v through it)
-        kv = F.linear(torch.cat([mem, x], dim=1), w[hd:])  # (B, K, 2*H*Dh)
-        kv = kv.view(B, -1, 2, self.n_head, self.d_head)  # (B, K, 2, H, Dh)
-        return q, kv[:, :, 0], kv[:, :, 1]
+        kv = F.linear(torch.cat([mem, x], dim=1), w[H * Dh :])  # (B, K, 2*H*Dh)
+        return q, kv.view(B, M + T, 2, H, Dh)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
         """q (B, T, H, Dh); k, v (B, K, H, Dh); rel_k (H, K+1, Dh) for distances K-1..-1 (relative);
@@ -170,10 +176,18 @@ class MultiHeadAttention(nn.Module):
             )
         return o.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*Dh)
 
-    def forward(self, x: Tensor, mem: Tensor | None, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
-        """x (B, T, D), mem (B, M, D) or None -> (B, T, D) (before dropout and residual)."""
-        q, k, v = self.project(x, mem)
-        return self.out(self.attend(q, k, v, rel_k, mask))
+    def forward(
+        self,
+        x: Tensor,
+        mem: Tensor | None,
+        rel_k: Tensor | None,
+        mask: Tensor | None,
+        mem_kv: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, T, D), mem (B, M, D) or None -> output (B, T, D) (before dropout and residual) and
+        the keys/values of all K positions (B, K, 2, H, Dh)."""
+        q, kv = self.project(x, mem, mem_kv)
+        return self.out(self.attend(q, kv[:, :, 0], kv[:, :, 1], rel_k, mask)), kv
 
 
 # Without autograd the (B, H, T, K) position scores can take the mask in place, and on CPU they are

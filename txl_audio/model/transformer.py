@@ -51,6 +51,22 @@ class ModelOutput:
     mems: tuple[Tensor, ...]  # n_layer + 1 tensors (B, min(M + T, mem_len), D), detached
 
 
+class Memory(tuple):
+    """``out.mems`` from a forward without gradients: the tuple of per-layer hidden states (the
+    contract; any tuple of tensors may be passed back instead), plus ``kv``: per layer (B, M, 2, H, Dh)
+    keys and values of the same positions, and ``stamp``: which weights made them. The next forward
+    uses ``kv`` instead of re-projecting the memory when the stamp still matches (same result, a
+    tenth less work in evaluation); slicing or rebuilding the tuple simply drops it."""
+
+    kv: tuple[Tensor, ...]
+    stamp: tuple
+
+    def __new__(cls, hidden: tuple[Tensor, ...], kv: tuple[Tensor, ...], stamp: tuple) -> Memory:
+        self = super().__new__(cls, hidden)
+        self.kv, self.stamp = kv, stamp
+        return self
+
+
 @dataclass
 class KVCache:
     """Per-layer keys and values of the positions a decoding step may attend to.
@@ -120,14 +136,23 @@ class DecoderLayer(nn.Module):
         x = self.attn_norm(x + self.drop(a))
         return self.ff_norm(x + self.ff(x))
 
-    def forward(self, x: Tensor, mem: Tensor | None, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
-        """x (B, T, D), mem (B, M, D) or None, rel_k (H, K+1, Dh) or None, mask (B|1, 1, T, K)."""
+    def forward(
+        self,
+        x: Tensor,
+        mem: Tensor | None,
+        rel_k: Tensor | None,
+        mask: Tensor | None,
+        mem_kv: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, T, D), mem (B, M, D) or None, rel_k (H, K+1, Dh) or None, mask (B|1, 1, T, K),
+        mem_kv (B, M, 2, H, Dh) or None -> output (B, T, D), keys/values (B, K, 2, H, Dh)."""
         if self.pre_norm:
             # the memory is normalized too: it is the same layer input, only from earlier positions
-            a = self.attn(self.attn_norm(x), None if mem is None else self.attn_norm(mem), rel_k, mask)
+            mem_in = None if mem is None else self.attn_norm(mem)
+            a, kv = self.attn(self.attn_norm(x), mem_in, rel_k, mask, mem_kv)
         else:
-            a = self.attn(x, mem, rel_k, mask)
-        return self._finish(x, a)
+            a, kv = self.attn(x, mem, rel_k, mask, mem_kv)
+        return self._finish(x, a), kv
 
     def step(
         self, x: Tensor, kbuf: Tensor, vbuf: Tensor, start: int, rel_k: Tensor | None, mask: Tensor | None
@@ -135,10 +160,10 @@ class DecoderLayer(nn.Module):
         """Decode x (B, n, D): write its keys/values at ``start`` of kbuf/vbuf (B, H, C, Dh) and attend
         to the live positions [0, start + n)."""
         xin = self.attn_norm(x) if self.pre_norm else x
-        q, k, v = self.attn.project(xin, None)  # (B, n, H, Dh)
+        q, kv = self.attn.project(xin, None)  # (B, n, H, Dh), (B, n, 2, H, Dh)
         end = start + x.shape[1]
-        kbuf[:, :, start:end] = k.transpose(1, 2)
-        vbuf[:, :, start:end] = v.transpose(1, 2)
+        kbuf[:, :, start:end] = kv[:, :, 0].transpose(1, 2)
+        vbuf[:, :, start:end] = kv[:, :, 1].transpose(1, 2)
         kk = kbuf[:, :, :end].transpose(1, 2)  # (B, L, H, Dh), a view
         vv = vbuf[:, :, :end].transpose(1, 2)
         a = self.attn.out(self.attn.attend(q, kk, vv, rel_k, mask))
@@ -177,8 +202,14 @@ class TransformerXL(nn.Module):
             self.word_emb = AdaptiveEmbedding(c.vocab_size, c.d_model, c.d_model, c.cutoffs, c.div_val)
             self.emb_scale = 1.0  # AdaptiveEmbedding scales by sqrt(D) itself
             self.out = ProjectedAdaptiveLogSoftmax(
-                c.vocab_size, c.d_model, c.d_model, c.cutoffs, c.div_val,
-                embedding=self.word_emb, tie_weights=c.tie_weights, tie_projs=c.tie_weights,
+                c.vocab_size,
+                c.d_model,
+                c.d_model,
+                c.cutoffs,
+                c.div_val,
+                embedding=self.word_emb,
+                tie_weights=c.tie_weights,
+                tie_projs=c.tie_weights,
             )
             return
         self.word_emb = nn.Embedding(c.vocab_size, c.d_model)
@@ -280,15 +311,31 @@ class TransformerXL(nn.Module):
         mask = None if (limit is None and not self.relative) else attention_mask(T, K, limit, dev)
         pos_emb = self.drop(self._rel_pos(K, dev, h.dtype)) if self.relative else None
 
-        hids = [h]
+        # inference reuses the memory's keys and values from the previous forward (see Memory)
+        keep_kv = mem_len > 0 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        mem_kv = (
+            mems.kv if keep_kv and M and isinstance(mems, Memory) and mems.stamp == self._stamp() else None
+        )
+        hids, kvs = [h], []
         for i, layer in enumerate(self.layers):
             rel_k = layer.attn.rel_keys(pos_emb) if pos_emb is not None else None  # (H, K+1, Dh)
-            h = layer(h, mems[i] if M else None, rel_k, mask)
+            h, kv = layer(h, mems[i] if M else None, rel_k, mask, None if mem_kv is None else mem_kv[i])
             hids.append(h)
+            kvs.append(kv)
         new_mems = self._update_mems(hids, mems if M else None, mem_len)
+        if keep_kv:
+            n = new_mems[0].shape[1]
+            new_mems = Memory(new_mems, tuple(kv[:, kv.shape[1] - n :] for kv in kvs), self._stamp())
 
         logits, loss = self._output(self.drop(self.final_norm(h)), targets, return_logits)
         return ModelOutput(logits, loss, new_mems)
+
+    def _stamp(self) -> tuple:
+        """Identifies the weights that make keys and values: storage and in-place version of each
+        layer's projection (and pre-norm LayerNorm) parameters, so an optimizer step, a
+        load_state_dict or a move to another device invalidates a Memory's keys and values."""
+        params = [p for layer in self.layers for p in (layer.attn.qkv.weight, *layer.attn_norm.parameters())]
+        return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
 
     @staticmethod
     def _update_mems(hids: list[Tensor], mems: tuple[Tensor, ...] | None, mem_len: int) -> tuple[Tensor, ...]:
