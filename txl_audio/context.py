@@ -38,10 +38,10 @@ GAIN_THRESHOLD = 0.01
 def position_edges(max_len: int, sample_rate: int | None = None) -> list[int]:
     """Bucket edges over the predicted token's index in its file (1 = the first predicted token), log
     spaced in a 1-3-10 pattern: milliseconds for audio (0-10 ms, 10-30 ms, ...), tokens otherwise.
-    The last edge is past ``max_len`` so every prediction falls in a bucket."""
+    The last edge is >= ``max_len``, so every prediction (index <= max_len - 1) falls in a bucket."""
     per_unit = sample_rate / 1000 if sample_rate else 1.0  # tokens per ms, or per token
     edges, k = [1], 0
-    while edges[-1] <= max_len:
+    while edges[-1] < max_len:  # the last predicted index is max_len - 1
         step = 10 * (10 ** (k // 2)) * (3 if k % 2 else 1)  # 10, 30, 100, 300, ...
         edges.append(max(int(round(step * per_unit)), edges[-1] + 1))
         k += 1
