@@ -96,9 +96,9 @@ def time_steps(
 
 
 def compare_throughput(cfg: ModelConfig, batch: int, steps: int, repeats: int, train: bool) -> dict:
-    """Ours vs einsum with the same weights: ``repeats`` alternating runs of ``steps`` timed segments
-    each. Tokens/s from the fastest step ("best": least disturbed by other load on a shared machine)
-    and from the median step."""
+    """Ours vs einsum with the same weights, steps alternating between the two (so load from other
+    processes hits both alike), each carrying its own memory. Tokens/s from the fastest step ("best":
+    least disturbed on a shared machine) and from the median step."""
     torch.manual_seed(0)
     ours = TransformerXL(cfg)
     ref = from_model(ours)
@@ -107,11 +107,14 @@ def compare_throughput(cfg: ModelConfig, batch: int, steps: int, repeats: int, t
     make = make_train_step if train else make_eval_step
     segs = _segments(cfg, batch, steps + 1)
     tokens = batch * cfg.tgt_len
+    runners = {"ours": make(ours), "einsum": make(ref)}
+    for step in runners.values():  # warm-up step (untimed), builds the memory
+        step(segs[0])
     times: dict[str, list[float]] = {"ours": [], "einsum": []}
-    step_ours, step_ref = make(ours), make(ref)
-    for r in range(repeats):
-        times["ours"] += time_steps(step_ours, segs, warmup=1 if r == 0 else 0)
-        times["einsum"] += time_steps(step_ref, segs, warmup=1 if r == 0 else 0)
+    for _ in range(repeats):
+        for seg in segs[1:]:
+            for name, step in runners.items():
+                times[name] += time_steps(step, [seg], warmup=0)
     res: dict = {}
     for name, ts in times.items():
         res[name] = tokens / min(ts)

@@ -223,58 +223,83 @@ def _cpu_rows(B: int, H: int, T: int, K: int) -> int:
 
 
 class RelativeAttentionCPU(torch.autograd.Function):
-    """Relative attention for training on CPU with few (T, K)-sized buffers.
+    """Relative attention for training on CPU with few, reused (T, K)-sized buffers.
 
     Autograd through SDPA with a float mask that needs a gradient takes PyTorch's math path, which
-    materializes scores, probabilities, their gradients and the shift's padding (about eight fresh
-    (B, H, T, K) tensors per layer; on CPU each costs page faults as well as memory traffic). Here the
-    forward pass is the fused flash kernel with the position scores as its mask, keeping only those
-    scores and the log-sum-exp; the backward pass recomputes the probabilities a few batch rows at a
-    time and writes the position-score gradient back into the saved scores' buffer.
+    materializes scores, probabilities, their gradients and the shift's padding: about eight fresh
+    (B, H, T, K) tensors per layer, and on CPU each fresh buffer costs page faults as well as memory
+    traffic. Here the forward pass is the fused flash kernel with the position scores as its mask,
+    keeping only its output and log-sum-exp; the backward pass recomputes position scores and
+    probabilities a few batch rows at a time in three buffers reused across rows, and writes the
+    position-score gradient into the position-score buffer (the inverse of the relative shift).
 
     qu = (q + u)/sqrt(Dh), qv = (q + v)/sqrt(Dh) (B, H, T, Dh); k, v (B, H, K, Dh); rel_t (H, Dh, K+1)
     relative keys for distances K-1..-1; mask additive (B|1, 1, T, K) or None (T == 1 only).
     """
 
     @staticmethod
-    def forward(ctx, qu, qv, k, v, rel_t, mask):  # type: ignore[override]
-        raw = torch.matmul(qv, rel_t)  # (B, H, T, K+1)
-        bias = rel_shift(raw)  # (B, H, T, K), a view of raw
+    def _position_scores(qv, rel_t, mask, rows, buf):
+        """buf (b, H, T, K+1) <- qv[rows] rel_t; returns its shifted view (b, H, T, K) + mask."""
+        torch.matmul(qv[rows], rel_t, out=buf)
+        bias = rel_shift(buf)  # (b, H, T, K), a view of buf
         if mask is not None:
-            bias.add_(mask)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            qu, k, v, 0.0, False, attn_mask=bias, scale=1.0
-        )
-        ctx.save_for_backward(qu, qv, k, v, rel_t, raw, out, lse)
+            bias.add_(mask if mask.shape[0] == 1 else mask[rows])
+        return bias
+
+    @staticmethod
+    def forward(ctx, qu, qv, k, v, rel_t, mask):  # type: ignore[override]
+        B, H, T, K = qu.shape[0], qu.shape[1], qu.shape[2], k.shape[2]
+        step = _cpu_rows(B, H, T, K)
+        buf = qu.new_empty(min(step, B), H, T, K + 1)
+        outs, lses = [], []
+        for b in range(0, B, step):
+            rows = slice(b, b + step)
+            n = min(step, B - b)
+            bias = RelativeAttentionCPU._position_scores(qv, rel_t, mask, rows, buf[:n])
+            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qu[rows], k[rows], v[rows], 0.0, False, attn_mask=bias, scale=1.0
+            )
+            outs.append(o)
+            lses.append(lse)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        lse = lses[0] if len(lses) == 1 else torch.cat(lses)
+        ctx.save_for_backward(qu, qv, k, v, rel_t, out, lse)
+        ctx.mask = mask
         return out
 
     @staticmethod
     def backward(ctx, d_out):  # type: ignore[override]
-        if getattr(ctx, "used", False):  # the saved scores' buffer now holds their gradient
-            raise RuntimeError(
-                "RelativeAttentionCPU supports one backward pass per forward (no retain_graph)"
-            )
-        ctx.used = True
-        qu, qv, k, v, rel_t, raw, out, lse = ctx.saved_tensors
+        qu, qv, k, v, rel_t, out, lse = ctx.saved_tensors
+        mask = ctx.mask
         B, H, T, K = qu.shape[0], qu.shape[1], qu.shape[2], k.shape[2]
-        d_qu, d_k, d_v = torch.empty_like(qu), torch.empty_like(k), torch.empty_like(v)
+        d_out = d_out.contiguous()
+        # contiguous, so that the per-row results are written in place (empty_like keeps views' strides)
+        d_qu, d_qv, d_k, d_v = (t.new_empty(t.shape) for t in (qu, qv, k, v))
+        d_rel = torch.zeros_like(rel_t)  # (H, Dh, K+1)
         delta = (d_out * out).sum(-1, keepdim=True)  # (B, H, T, 1) = rowsum(dP * P)
         step = _cpu_rows(B, H, T, K)
+        m = min(step, B)
+        raw_buf, p_buf, ds_buf = (
+            qu.new_empty(m, H, T, K + 1),
+            qu.new_empty(m, H, T, K),
+            qu.new_empty(m, H, T, K),
+        )
         for b in range(0, B, step):
             rows = slice(b, b + step)
-            bias = rel_shift(raw[rows])  # (b, H, T, K)
-            p = torch.matmul(qu[rows], k[rows].transpose(-1, -2)).add_(bias)  # scores
-            p.sub_(lse[rows].unsqueeze(-1)).exp_()  # probabilities (0 where masked)
-            d_v[rows] = torch.matmul(p.transpose(-1, -2), d_out[rows])
-            ds = torch.matmul(d_out[rows], v[rows].transpose(-1, -2))  # dP
+            n = min(step, B - b)
+            raw, p, ds = raw_buf[:n], p_buf[:n], ds_buf[:n]
+            bias = RelativeAttentionCPU._position_scores(qv, rel_t, mask, rows, raw)
+            torch.matmul(qu[rows], k[rows].transpose(-1, -2), out=p)
+            p.add_(bias).sub_(lse[rows].unsqueeze(-1)).exp_()  # probabilities (0 where masked)
+            torch.matmul(p.transpose(-1, -2), d_out[rows], out=d_v[rows])
+            torch.matmul(d_out[rows], v[rows].transpose(-1, -2), out=ds)  # dP
             ds.sub_(delta[rows]).mul_(p)  # dS = P * (dP - delta): gradient of the scores
-            d_qu[rows] = torch.matmul(ds, k[rows])
-            d_k[rows] = torch.matmul(ds.transpose(-1, -2), qu[rows])
+            torch.matmul(ds, k[rows], out=d_qu[rows])
+            torch.matmul(ds.transpose(-1, -2), qu[rows], out=d_k[rows])
             bias.copy_(ds)  # the position scores' gradient, in raw's layout (masked entries are 0)
-            flat = raw[rows].flatten(-2)
+            flat = raw.flatten(-2)
             flat[..., : T - 1] = 0  # the entries rel_shift never reads
             flat[..., T - 1 + T * K :] = 0
-        d_raw = raw  # (B, H, T, K+1), now holding the gradient
-        d_qv = torch.matmul(d_raw, rel_t.transpose(-1, -2))  # (B, H, T, Dh)
-        d_rel = torch.matmul(qv.transpose(-1, -2), d_raw).sum(0)  # (H, Dh, K+1)
+            torch.matmul(raw, rel_t.transpose(-1, -2), out=d_qv[rows])
+            d_rel += torch.matmul(qv[rows].transpose(-1, -2), raw).sum(0)
         return d_qu, d_qv, d_k, d_v, d_rel, None
