@@ -227,3 +227,15 @@ def test_transformer_xl_adaptive_trains():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_adaptive_model_runs_under_bf16_autocast():
+    # the GPU configs train in bf16 autocast: mixed dtypes inside the cluster loops must not fail
+    torch.set_num_threads(1)
+    model = _adaptive_model()
+    tokens = torch.randint(0, V, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tokens, targets=tokens)
+    ref = model(tokens, targets=tokens)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, ref.loss, atol=0.1, rtol=0.05)

@@ -102,7 +102,8 @@ class AdaptiveEmbedding(nn.Module):
                 continue
             e = F.embedding(flat[idx] - lo, self.weights[i])  # (n_i, E_i)
             p = self.proj(i)
-            out.index_copy_(0, idx, F.linear(e, p) if p is not None else e)
+            e = F.linear(e, p) if p is not None else e
+            out.index_copy_(0, idx, e.to(out.dtype))  # under autocast F.linear gives bf16
         return out.view(*tokens.shape, self.d_proj) * self.scale
 
 
