@@ -239,3 +239,13 @@ def test_adaptive_model_runs_under_bf16_autocast():
     ref = model(tokens, targets=tokens)
     assert out.loss.dtype == torch.float32
     torch.testing.assert_close(out.loss, ref.loss, atol=0.1, rtol=0.05)
+
+
+def test_every_parameter_gets_a_gradient_even_when_a_cluster_is_absent():
+    # DistributedDataParallel needs a gradient for every parameter in every step
+    emb = AdaptiveEmbedding(V, D, D, [10, 30], 2)
+    sm = ProjectedAdaptiveLogSoftmax(V, D, D, [10, 30], 2)  # untied: nothing reaches the tails via emb
+    tokens = torch.randint(0, 10, (12,))  # head cluster only, in and out
+    sm.nll(emb(tokens), tokens).sum().backward()
+    for name, p in [*emb.named_parameters(), *sm.named_parameters()]:
+        assert p.grad is not None, name

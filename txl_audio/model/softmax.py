@@ -97,9 +97,9 @@ class AdaptiveEmbedding(nn.Module):
         flat = tokens.reshape(-1)  # (N,)
         out = torch.zeros(flat.shape[0], self.d_proj, dtype=self.weights[0].dtype, device=flat.device)
         for i, (lo, hi) in enumerate(zip(self.bounds, self.bounds[1:])):
+            # an empty cluster still runs (on 0 rows): every parameter gets a (zero) gradient, which
+            # DistributedDataParallel requires of all parameters in every step
             idx = ((flat >= lo) & (flat < hi)).nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                continue
             e = F.embedding(flat[idx] - lo, self.weights[i])  # (n_i, E_i)
             p = self.proj(i)
             e = F.linear(e, p) if p is not None else e
@@ -195,9 +195,7 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
         head = self._head_log_prob(hidden)  # (N, shortlist + C - 1)
         out = torch.zeros(targets.shape[0], dtype=head.dtype, device=head.device)
         for i, (lo, hi) in enumerate(zip(self.bounds, self.bounds[1:])):
-            idx = ((targets >= lo) & (targets < hi)).nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                continue
+            idx = ((targets >= lo) & (targets < hi)).nonzero(as_tuple=True)[0]  # empty: see AdaptiveEmbedding
             t = targets[idx] - lo
             if i == 0:
                 lp = head[idx].gather(1, t[:, None]).squeeze(1)
