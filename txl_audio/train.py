@@ -531,7 +531,7 @@ class _Trainer:
 
             bar = tqdm(total=tc.max_steps, initial=self.step, unit="step", dynamic_ncols=True, disable=None)
         t0 = time.time()
-        win = {"loss": 0.0, "count": 0, "tokens": 0, "t": t0}
+        win = {"loss": 0.0, "count": 0, "tokens": 0, "t": t0, "paused": 0.0}
         last_ckpt = last_valid = -1
         stopped_by = "max_steps"
         self.raw_model.train()
@@ -567,7 +567,8 @@ class _Trainer:
                     stopped_by = "max_time"
                 last = stop or self.step >= tc.max_steps
                 if self.step % tc.log_every == 0 or last:
-                    tps = win["tokens"] / max(now - win["t"], 1e-9)
+                    # training throughput: validation and checkpoint time left out
+                    tps = win["tokens"] / max(now - win["t"] - win["paused"], 1e-9)
                     mean = win["loss"] / win["count"] if win["count"] else float("nan")
                     rec = {"step": self.step, "split": "train", "loss_nats": mean,
                            **loss_report(mean, self.unit), "unit": self.unit, "tokens": self.tokens,
@@ -582,13 +583,14 @@ class _Trainer:
                         shown = {"loss": f"{mean:.3f}", **{k: f"{v:.3f}" for k, v in
                                                            loss_report(mean, self.unit).items()}}
                         bar.set_postfix(**shown, tok_s=f"{tps:,.0f}", left=f"{left / 60:.1f}m", refresh=False)
-                    win = {"loss": 0.0, "count": 0, "tokens": 0, "t": now}
+                    win = {"loss": 0.0, "count": 0, "tokens": 0, "t": now, "paused": 0.0}
                 if self.step % tc.eval_every == 0 or last:
                     result.valid = self._validate_and_record(elapsed) or result.valid
                     last_valid = self.step
                 if self.step % tc.ckpt_every == 0 or last:
                     result.checkpoint = self.save(elapsed)
                     last_ckpt = self.step
+                win["paused"] += time.time() - now
                 if bar is not None:
                     bar.update(1)
                 if on_step is not None:
