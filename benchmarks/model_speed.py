@@ -160,7 +160,9 @@ def decode_feeding_memories(
             ctx = tuple(m[:, -c.mem_len :] for m in ctx)
         keep = (0 if ctx is None else ctx[0].shape[1]) + 1
         out = model(tok, mems=ctx, mem_len=keep)
-        ctx = out.mems
+        # a plain tuple: without it the inference Memory would carry keys/values from step to step,
+        # turning this baseline into a cache; feeding memories back re-projects the whole context
+        ctx = tuple(out.mems)
         pos += 1
         return out.logits[:, -1]
 
@@ -170,7 +172,7 @@ def decode_feeding_memories(
         if ctx is not None:
             ctx = tuple(m[:, -c.mem_len :] for m in ctx)
         o = model(seg, mems=ctx, mem_len=(0 if ctx is None else ctx[0].shape[1]) + seg.shape[1])
-        ctx, pos, logits = o.mems, pos + seg.shape[1], o.logits[:, -1]
+        ctx, pos, logits = tuple(o.mems), pos + seg.shape[1], o.logits[:, -1]
     tok = logits.argmax(-1, keepdim=True)
     out, times = [tok], []
     for _ in range(n_new - 1):
