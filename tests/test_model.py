@@ -471,3 +471,32 @@ def test_cuda_compiled_and_bf16_close_to_fp32():
         loss = compiled(x[:, :32], targets=t[:, :32]).loss.mean()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_weights_made_under_inference_mode_evaluate_with_memory():
+    """Parameters created under inference_mode have no version counter: the memory's key/value reuse
+    must step aside (same results as plain tuples), not crash."""
+    cfg = ModelConfig(
+        vocab_size=16,
+        n_layer=2,
+        d_model=16,
+        n_head=2,
+        d_head=8,
+        d_inner=32,
+        dropout=0.0,
+        tgt_len=4,
+        mem_len=4,
+    )
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = TransformerXL(cfg).eval()
+        x = torch.randint(0, 16, (2, 12))
+        mems, plain, outs, ref = None, None, [], []
+        for seg in x.split(4, dim=1):
+            out = model(seg, mems=mems)
+            mems = out.mems
+            outs.append(out.logits)
+            r = model(seg, mems=plain)
+            plain = tuple(r.mems)
+            ref.append(r.logits)
+    torch.testing.assert_close(torch.cat(outs, 1), torch.cat(ref, 1), rtol=0, atol=0)

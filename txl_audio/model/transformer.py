@@ -313,8 +313,9 @@ class TransformerXL(nn.Module):
 
         # inference reuses the memory's keys and values from the previous forward (see Memory)
         keep_kv = mem_len > 0 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        stamp = self._stamp() if keep_kv else None
         mem_kv = (
-            mems.kv if keep_kv and M and isinstance(mems, Memory) and mems.stamp == self._stamp() else None
+            mems.kv if stamp is not None and M and isinstance(mems, Memory) and mems.stamp == stamp else None
         )
         hids, kvs = [h], []
         for i, layer in enumerate(self.layers):
@@ -323,18 +324,21 @@ class TransformerXL(nn.Module):
             hids.append(h)
             kvs.append(kv)
         new_mems = self._update_mems(hids, mems if M else None, mem_len)
-        if keep_kv:
+        if stamp is not None:
             n = new_mems[0].shape[1]
-            new_mems = Memory(new_mems, tuple(kv[:, kv.shape[1] - n :] for kv in kvs), self._stamp())
+            new_mems = Memory(new_mems, tuple(kv[:, kv.shape[1] - n :] for kv in kvs), stamp)
 
         logits, loss = self._output(self.drop(self.final_norm(h)), targets, return_logits)
         return ModelOutput(logits, loss, new_mems)
 
-    def _stamp(self) -> tuple:
+    def _stamp(self) -> tuple | None:
         """Identifies the weights that make keys and values: storage and in-place version of each
         layer's projection (and pre-norm LayerNorm) parameters, so an optimizer step, a
-        load_state_dict or a move to another device invalidates a Memory's keys and values."""
+        load_state_dict or a move to another device invalidates a Memory's keys and values.
+        None (no reuse) for weights made under inference_mode: they keep no version counter."""
         params = [p for layer in self.layers for p in (layer.attn.qkv.weight, *layer.attn_norm.parameters())]
+        if any(p.is_inference() for p in params):
+            return None
         return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
 
     @staticmethod
