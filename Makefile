@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.txl_audio_installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean gpu-wheels
 
 install: $(STAMP)
 
@@ -37,3 +37,10 @@ lint: install
 
 clean:
 	rm -rf runs/demo benchmarks/results
+
+# Wheels that the GPU image lacks, for benchmarks/gpu_check.sh on a machine without network
+# (its python is 3.12 on x86_64): carry gpu_wheels/ along with the working tree.
+gpu-wheels:
+	$(PY) -m pip download --no-deps --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d gpu_wheels \
+		soundfile==0.14.0 librosa==0.11.0 soxr audioread pooch platformdirs decorator lazy_loader standard-aifc standard-sunau
