@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from txl_audio.baselines import bootstrap_ci
 from txl_audio.config import ModelConfig, RunConfig
-from txl_audio.evaluate import bootstrap_ci, evaluate_tokens
+from txl_audio.evaluate import evaluate_tokens
 from txl_audio.model import TransformerXL
 
 

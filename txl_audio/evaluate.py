@@ -16,15 +16,11 @@ model can use a longer memory than it was trained with (as the paper does).
 
 from __future__ import annotations
 
-import bz2
 import csv
 import json
-import lzma
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,59 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from txl_audio.baselines import bootstrap_ci, compressor_baselines
+
 IGNORE = -100  # targets that are not predicted (the model's IGNORE_INDEX)
 LENGTH_FIELDS = ("mem_len", "tgt_len", "clamp_len", "same_length")
-
-
-# ----------------------------------------------------------------------------------------------
-# compressor baselines
-
-
-def token_bytes(tokens: np.ndarray, vocab_size: int) -> bytes:
-    """Tokens as the smallest little-endian unsigned integers that hold the vocabulary (the corpus's
-    on-disk format): the byte string the compressors see."""
-    dtype = np.dtype("<u1") if vocab_size <= 1 << 8 else np.dtype("<u2") if vocab_size <= 1 << 16 else "<u4"
-    return np.ascontiguousarray(tokens, dtype=dtype).tobytes()
-
-
-def compressed_sizes(data: bytes) -> tuple[int, int]:
-    """(xz -9e, bzip2 -9) sizes in bytes of ``data``, container headers included (a real code length)."""
-    xz = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
-    return len(xz), len(bz2.compress(data, compresslevel=9))
-
-
-def compressor_baselines(
-    docs: Sequence[np.ndarray], vocab_size: int, workers: int | None = None
-) -> list[tuple[int, int]]:
-    """Per file: compressed sizes of exactly the tokens the model predicts (``doc[1:]``)."""
-    payloads = [token_bytes(d[1:], vocab_size) for d in docs]
-    # lzma and bz2 release the GIL while compressing, so threads use every core
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(compressed_sizes, payloads))
-
-
-# ----------------------------------------------------------------------------------------------
-# statistics
-
-
-def bootstrap_ci(
-    values: np.ndarray,
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-    weights: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval over items (files) of their mean, or of the weighted mean
-    ``sum(values * weights) / sum(weights)`` when weights are given. Seeded: same input, same interval."""
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (n_boot, n) resampled files
-    means = (values[idx] * w[idx]).sum(1) / np.maximum(w[idx].sum(1), 1e-300)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 # ----------------------------------------------------------------------------------------------
