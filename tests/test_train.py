@@ -142,3 +142,17 @@ def test_cli_writes_resolved_config(corpus, tmp_path):
     assert resolved.train.lr == 0.001
     assert resolved.model.vocab_size == 256  # taken from the corpus tokenizer
     assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 1  # no config: clear error
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("compile_model", [False, True])
+def test_trains_on_cuda_with_bf16(corpus, tmp_path, compile_model):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    r = train(tiny_config(corpus, device="cuda", max_steps=6, compile=compile_model), tmp_path, **quiet())
+    assert all(math.isfinite(x) for x in r.losses) and r.valid["bits"] < 8.0
+    # the checkpoint is device-free: it loads and resumes on the CPU
+    state = torch.load(r.checkpoint, weights_only=True, map_location="cpu")
+    assert state["ranks"][0]["mems"][0][0].device.type == "cpu"
+    more = tiny_config(corpus, device="cpu", max_steps=8)
+    assert train(more, tmp_path, resume=True, **quiet()).step == 8

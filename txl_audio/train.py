@@ -375,7 +375,10 @@ class _Trainer:
         mine = state["ranks"][self.d.rank]
         self.batches.load_state_dict(mine["data"])
         set_rng_state(mine["rng"])
-        self.mems = [None if m is None else tuple(t.to(self.device) for t in m) for m in mine["mems"]]
+        # a run resumed without autocast (e.g. a GPU run continued on a CPU) needs float32 memories
+        dtype = None if self.autocast is not contextlib.nullcontext else torch.float32
+        self.mems = [None if m is None else tuple(t.to(device=self.device, dtype=dtype) for t in m)
+                     for m in mine["mems"]]
         if len(self.mems) != self.tc.grad_accum:
             raise CheckpointError(f"{path}: saved with grad_accum={len(self.mems)}, now "
                                   f"{self.tc.grad_accum}: resume with the same train.grad_accum")
