@@ -22,7 +22,7 @@ sys.path.insert(0, {tests!r})
 from txl_audio.config import RunConfig
 from txl_audio.train import train
 cfg = RunConfig.from_dict(json.loads(sys.argv[1]))
-r = train(cfg, sys.argv[2], progress=False, log=lambda m: None)
+r = train(cfg, sys.argv[2], resume=len(sys.argv) > 4, progress=False, log=lambda m: None)
 if int(os.environ["RANK"]) == 0:
     with open(sys.argv[3], "w") as f:
         json.dump({{"losses": r.losses, "valid": r.valid, "world": int(os.environ["WORLD_SIZE"])}}, f)
@@ -42,13 +42,17 @@ def test_two_processes_match_one(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     result = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), json.dumps(cfg.to_dict()), str(tmp_path / "ddp"), str(result)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ddp = json.loads(result.read_text())
+
+    def torchrun(config, *extra):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             str(script), json.dumps(config.to_dict()), str(tmp_path / "ddp"), str(result), *extra],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads(result.read_text())
+
+    ddp = torchrun(cfg)
     assert ddp["world"] == 2
     single = train(cfg, tmp_path / "single", progress=False, log=lambda m: None)
     # the ranks hold different numbers of ignored targets (file ends): the global normalisation must
@@ -62,3 +66,9 @@ def test_two_processes_match_one(tmp_path):
     state = torch.load(tmp_path / "ddp" / "ckpt_5.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert state["ranks"][0]["mems"][0][0].shape[0] == 2  # 2 of the 4 streams each
+    # resuming the 2-process run continues both ranks' streams: still the single-process run
+    longer = _config(corpus)
+    longer.train.max_steps = 7
+    ddp2 = torchrun(longer, "--resume")
+    single2 = train(longer, tmp_path / "single", resume=True, progress=False, log=lambda m: None)
+    assert ddp2["losses"] == pytest.approx(single2.losses, abs=1e-5) and len(ddp2["losses"]) == 2
