@@ -48,8 +48,11 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path, title: 
     key, label = _metric_of(records)
     fig, ax = plt.subplots(figsize=(7, 4))
     for split, style in (("train", "-"), ("valid", "o-")):
-        pts = [(r["step"], r[key]) for r in records
-               if r.get("split") == split and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        pts = [
+            (r["step"], r[key])
+            for r in records
+            if r.get("split") == split and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+        ]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, style, label=split, markersize=4)
@@ -81,6 +84,31 @@ def _ms_axis(ax: Any, sample_rate: int | None) -> None:
         sec.set_xlabel("milliseconds of audio")
 
 
+def _finish_nll_plot(
+    fig: Any,
+    ax: Any,
+    xlabel: str,
+    metric: str,
+    sample_rate: int | None,
+    title: str | None,
+    out_path: str | Path,
+) -> Path:
+    """Labels, millisecond axis, grid, legend and title of an NLL plot, then save it as PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    _ms_axis(ax, sample_rate)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def plot_nll_vs_context(
     curves: list[dict[str, Any]],
     out_path: str | Path,
@@ -104,19 +132,15 @@ def plot_nll_vs_context(
         else:
             ax.plot(c["spans"], c["bits"], "o-", label=c["name"])
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("attention span at evaluation (mem_len + tgt_len tokens)")
-    ax.set_ylabel(metric)
-    _ms_axis(ax, sample_rate)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish_nll_plot(
+        fig,
+        ax,
+        "attention span at evaluation (mem_len + tgt_len tokens)",
+        metric,
+        sample_rate,
+        title,
+        out_path,
+    )
 
 
 def plot_nll_vs_position(
@@ -141,19 +165,15 @@ def plot_nll_vs_position(
         x = [(max(lo, 1) * hi) ** 0.5 for lo, hi in zip(s["lo"], s["hi"])]
         ax.plot(x, s["bits"], styles[n % len(styles)], color=colors[k % len(colors)], label=s["name"], ms=4)
     ax.set_xscale("log")
-    ax.set_xlabel("position of the predicted token in its file (tokens, log-spaced buckets)")
-    ax.set_ylabel(metric)
-    _ms_axis(ax, sample_rate)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish_nll_plot(
+        fig,
+        ax,
+        "position of the predicted token in its file (tokens, log-spaced buckets)",
+        metric,
+        sample_rate,
+        title,
+        out_path,
+    )
 
 
 # Spectrograms (log-mel via torch.stft) live in txl_audio/spectrogram.py; re-exported so every figure
