@@ -17,8 +17,13 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
+def _one_thread():
+    """One torch thread per test: the models in tests are tiny, so a second thread only adds waiting
+    (and on a 2-core machine busy with other work, threads spinning for each other made tests 5-100x
+    slower). A test that wants more sets it itself; the previous count is restored after each test."""
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)

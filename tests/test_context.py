@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from _models import sharp_model
 
-from txl_audio.config import ModelConfig, RunConfig
+from txl_audio.config import RunConfig
 from txl_audio.context import (
     ContextCurve,
     SpanPoint,
@@ -17,37 +18,6 @@ from txl_audio.context import (
     position_edges,
 )
 from txl_audio.evaluate import evaluate_tokens
-from txl_audio.model import TransformerXL
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add waiting on a loaded machine
-    yield
-    torch.set_num_threads(n)
-
-
-def sharp_model(vocab=16, mem_len=16, tgt_len=8, attention="relative", seed=0) -> TransformerXL:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=vocab,
-        n_layer=2,
-        d_model=32,
-        n_head=2,
-        d_head=16,
-        d_inner=64,
-        dropout=0.0,
-        tgt_len=tgt_len,
-        mem_len=mem_len,
-        attention=attention,
-    )
-    model = TransformerXL(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2 or name.endswith(("u", "v")):
-                p.normal_(0, 0.4)
-    return model.eval()
 
 
 def test_position_edges_and_labels():

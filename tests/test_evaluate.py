@@ -11,46 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _models import sharp_model
 
 from txl_audio.baselines import bootstrap_ci
 from txl_audio.config import ModelConfig, RunConfig
 from txl_audio.evaluate import evaluate_tokens
 from txl_audio.model import TransformerXL
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these models are tiny: with 2 threads on a loaded 2-core machine torch spends 100x more time
-    # waiting on its threads than computing
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def sharp_model(vocab=16, mem_len=16, tgt_len=8, attention="relative", seed=0, **kw) -> TransformerXL:
-    """A tiny model with large random weights, so its predictions depend strongly on the context (at the
-    usual 0.02 init every context gives nearly the uniform distribution and equivalence tests are weak)."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=vocab,
-        n_layer=2,
-        d_model=32,
-        n_head=2,
-        d_head=16,
-        d_inner=64,
-        dropout=0.0,
-        tgt_len=tgt_len,
-        mem_len=mem_len,
-        attention=attention,
-        **kw,
-    )
-    model = TransformerXL(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2 or name.endswith(("u", "v")):
-                p.normal_(0, 0.4)
-    return model.eval()
 
 
 def random_docs(lengths, vocab=16, seed=1):

@@ -12,17 +12,6 @@ import torch
 
 from txl_audio.generate import draw, filter_logits
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Token-by-token decoding is a long chain of tiny ops: one thread is fastest, and on a busy
-    machine more threads make it many times slower (threads spin waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # a fixed distribution over 10 tokens with distinct probabilities (no ties at any cut)
 PROBS = torch.tensor([0.30, 0.02, 0.20, 0.01, 0.15, 0.12, 0.08, 0.05, 0.04, 0.03])
 LOGITS = PROBS.log()

@@ -19,14 +19,6 @@ from einsum_reference import from_model  # noqa: E402
 V = 13
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these models are tiny: a second thread only adds synchronisation (and waits on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(**kw) -> ModelConfig:
     base = dict(

@@ -214,7 +214,6 @@ def test_transformer_xl_adaptive_cached_step_equals_forward():
 
 
 def test_transformer_xl_adaptive_trains():
-    torch.set_num_threads(1)  # a tiny model: 2 threads only add sync overhead (badly so on a busy CPU)
     model = _adaptive_model().train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     tokens = torch.randint(0, V, (4, 6))
@@ -231,7 +230,6 @@ def test_transformer_xl_adaptive_trains():
 
 def test_adaptive_model_runs_under_bf16_autocast():
     # the GPU configs train in bf16 autocast: mixed dtypes inside the cluster loops must not fail
-    torch.set_num_threads(1)
     model = _adaptive_model()
     tokens = torch.randint(0, V, (2, 6))
     with torch.autocast("cpu", dtype=torch.bfloat16):
