@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from txl_audio.audio import SAMPLE_RATE  # noqa: E402
 from txl_audio.config import ModelConfig, load_config  # noqa: E402
 from txl_audio.decoders import make_decoder  # noqa: E402
-from txl_audio.generate import device_name, draw, now  # noqa: E402
+from txl_audio.devices import device_name  # noqa: E402
+from txl_audio.generate import draw, now  # noqa: E402
 from txl_audio.model import TransformerXL  # noqa: E402
 
 CONFIGS = {

@@ -292,12 +292,6 @@ class EvalResult:
 # the model pass
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def evaluate_tokens(
     model: torch.nn.Module,
     docs: Sequence[np.ndarray],

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from txl_audio.decoders import make_decoder
+from txl_audio.devices import device_name, resolve_device
 
 ProgressFn = Callable[[int], None]
 
@@ -233,24 +234,6 @@ def now(device: torch.device) -> float:
 
 # ----------------------------------------------------------------------------------------------------
 # checkpoint -> audio files
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} was asked for but torch sees no CUDA GPU; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
-    return torch.device(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def generate_files(

@@ -42,6 +42,7 @@ from txl_audio.checkpoint import (
 )
 from txl_audio.config import RunConfig, TrainConfig, save_config
 from txl_audio.data import IGNORE_INDEX
+from txl_audio.devices import resolve_device
 
 LN2 = math.log(2.0)
 
@@ -123,16 +124,6 @@ def _init_distributed(use_cuda: bool) -> _Dist:
     return d
 
 
-def _pick_device(tc: TrainConfig) -> torch.device:
-    if tc.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if tc.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA GPU; use train.device=cpu or auto")
-    if tc.device not in ("cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got {tc.device!r}")
-    return torch.device(tc.device)
-
-
 def _autocast(device: torch.device, tc: TrainConfig):
     dtype = tc.dtype
     if dtype == "auto":
@@ -207,7 +198,7 @@ def train(
     Launched by ``torchrun`` (env WORLD_SIZE > 1) it trains with DistributedDataParallel; only rank 0
     writes files.
     """
-    device = _pick_device(config.train)
+    device = resolve_device(config.train.device, option="train.device")
     d = _init_distributed(device.type == "cuda")
     try:
         return _Trainer(config, Path(out_dir), d, device, progress, log).run(resume, on_step)

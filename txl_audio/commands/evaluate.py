@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace):
     """(model on its device, tokenizer, RunConfig, checkpoint path) from the command's arguments."""
     from txl_audio.checkpoint import load_model, resolve_checkpoint
-    from txl_audio.evaluate import resolve_device
+    from txl_audio.devices import resolve_device
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
@@ -94,11 +94,6 @@ def load(args: argparse.Namespace):
 
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if device.type == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     path = resolve_checkpoint(args.checkpoint)
     model, tokenizer, config = load_model(path, device=device)
     return model, tokenizer, config, path
