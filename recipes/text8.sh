@@ -22,12 +22,4 @@ CONFIG="${CONFIG:-$ROOT/recipes/configs/text8_base.toml}"
 OUT="${OUT:-runs/text8}"
 EVAL="${EVAL---tgt-len 80 --mem-len 2100 --clamp-len 820 --same-length}"
 
-if [[ "$src" == *.zip ]]; then  # the distributed archive holds one file named text8
-    mkdir -p "$OUT"
-    "$PYTHON" -m zipfile -e "$src" "$OUT/"
-    src="$OUT/text8"
-fi
-txl prepare-text "$src" --out "$OUT/corpus" --format text8
-train_run "$CONFIG" "$OUT/run" "$OUT/corpus" "${@:2}"
-# shellcheck disable=SC2086
-txl evaluate "$OUT/run" --corpus "$OUT/corpus" --split test --stream --no-baselines ${EVAL}
+hutter_recipe text8 "$src" "${@:2}"

@@ -56,3 +56,20 @@ train_run() {
         txl "${args[@]}"
     fi
 }
+
+# hutter_recipe FORMAT SRC [train args]: enwik8 or text8 (the file, or the distributed .zip that holds
+# one file named FORMAT) -> corpus with the standard 90M/5M/5M split -> train ($CONFIG into $OUT/run)
+# -> test bits per character as one stream, with $EVAL's evaluation lengths
+hutter_recipe() {
+    local format="$1" src="$2"
+    shift 2
+    if [[ "$src" == *.zip ]]; then
+        mkdir -p "$OUT"
+        "$PYTHON" -m zipfile -e "$src" "$OUT/"
+        src="$OUT/$format"
+    fi
+    txl prepare-text "$src" --out "$OUT/corpus" --format "$format"
+    train_run "$CONFIG" "$OUT/run" "$OUT/corpus" "$@"
+    # shellcheck disable=SC2086
+    txl evaluate "$OUT/run" --corpus "$OUT/corpus" --split test --stream --no-baselines ${EVAL}
+}
