@@ -201,7 +201,12 @@ def train(
     device = resolve_device(config.train.device, option="train.device")
     d = _init_distributed(device.type == "cuda")
     try:
-        return _Trainer(config, Path(out_dir), d, device, progress, log).run(resume, on_step)
+        result = _Trainer(config, Path(out_dir), d, device, progress, log).run(resume, on_step)
+        if d.world > 1:
+            # no rank tears the group down while another still has collectives in flight: gloo then
+            # aborts the process ("terminate called without an active exception") after a good run
+            dist.barrier()
+        return result
     finally:
         if d.owns_group and dist.is_initialized():
             dist.destroy_process_group()
