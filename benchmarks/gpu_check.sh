@@ -2,58 +2,88 @@
 # One script for a lent GPU machine (no network): card and torch version, the cuda-marked tests, GPU
 # throughput (bf16) of audio_small and audio_base against the einsum version, generation samples/s
 # for batch 1/16/64, peak memory against mem_len, and a 3-minute audio_small training run on the
-# bundled data with its test bits per sample. Everything goes under $OUT (default
-# benchmarks/results/gpu). Meant to finish in under 8 minutes on one H100/H200.
+# bundled data (the quickstart recipe: test bits per sample, 2 s generated). Everything goes under $OUT (default
+# benchmarks/results/gpu), each step's whole output in its own log as it runs, so a step cut short
+# by its time limit still leaves what it printed. Meant to finish in under 8 minutes on one H100/H200.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   DEVICE=cpu QUICK=1 OUT=/tmp/dry bash benchmarks/gpu_check.sh    # dry run of every step, tiny sizes
 #
-# The GPU image has torch, numpy, matplotlib, tqdm and pytest but may lack soundfile and librosa:
-# carry them as wheels in gpu_wheels/ (made here with `make gpu-wheels`), installed with --no-index.
+# The dry run is what tests/test_benchmarks.py runs, so the script cannot rot between the sessions
+# that have a GPU. The GPU image has torch, numpy, matplotlib, tqdm and pytest but lacks soundfile and
+# librosa: carry them as wheels in gpu_wheels/ (made with `make gpu-wheels`), installed with --no-index.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:-0}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 TRAIN_SECONDS=${TRAIN_SECONDS:-180}
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
+# step NAME SECONDS CMD...: run CMD with a time limit, its whole output to $OUT/NAME.log, the end of it
+# into summary.txt
+step() {
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+    [ $rc -eq 0 ] || log "$name: exit status $rc$([ $rc -eq 124 ] && echo " (time limit ${limit} s)")"
+}
+
+if [ "$QUICK" = 1 ]; then
+    SPEED_ARGS=(--quick --dtype fp32)
+    GEN_ARGS=(--models small --dtype fp32 --batch 1 4 --steps 5 --ref-steps 2 --min-seconds 0.05)
+    MEM_ARGS=(--quick)
+    TRAIN_CONFIG=recipes/configs/tiny_cpu.toml  # the quickstart's QUICK=1 shrinks it to seconds
+else
+    SPEED_ARGS=(--dtype bf16)
+    GEN_ARGS=(--models issue3 --config recipes/configs/audio_small.toml --dtype bf16 --batch 1 16 64
+              --steps 300 --ref-steps 20 --min-seconds 1)
+    MEM_ARGS=(--mem-lens 0,1024,2048,4096,8192,16384)
+    TRAIN_CONFIG=recipes/configs/audio_small.toml
+fi
 
 if ! $PY -c "import soundfile, librosa" 2>/dev/null && [ -d gpu_wheels ]; then
     $PY -m pip install -q --no-index --find-links gpu_wheels soundfile librosa 2>&1 | tail -2
 fi
 
 log "machine"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+{ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+      torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
 } 2>&1 | tee -a "$OUT/summary.txt"
 
 log "cuda tests"
-timeout 150 $PY -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
+# several workers where pytest-xdist is there (the GPU image has it): the compile tests spend their
+# time on the CPU
+XDIST=()
+$PY -c "import xdist" 2>/dev/null && [ "$QUICK" != 1 ] && XDIST=(-n 4)
+step cuda_tests 150 $PY -m pytest -q -m cuda -p no:cacheprovider "${XDIST[@]}" tests
 
-log "training/evaluation throughput, bf16 (ours, compiled, einsum)"
-timeout 120 $PY benchmarks/gpu_speed.py --configs recipes/configs/audio_small.toml --batch 16 --compile \
-    --out "$OUT/gpu_speed_small.json" 2>&1 | tail -6 | tee -a "$OUT/summary.txt"
-timeout 90 $PY benchmarks/gpu_speed.py --configs recipes/configs/audio_base.toml --batch 4 \
-    --out "$OUT/gpu_speed_base.json" 2>&1 | tail -6 | tee -a "$OUT/summary.txt"
+log "training/evaluation throughput (ours, einsum, ours compiled)"
+step speed_small 150 $PY benchmarks/gpu_speed.py --device "$DEVICE" --configs recipes/configs/audio_small.toml \
+    --batch 16 --compile "${SPEED_ARGS[@]}" --out "$OUT/gpu_speed_small.json"
+step speed_base 80 $PY benchmarks/gpu_speed.py --device "$DEVICE" --configs recipes/configs/audio_base.toml \
+    --batch 4 "${SPEED_ARGS[@]}" --out "$OUT/gpu_speed_base.json"
 
-log "generation samples/s, bf16, batch 1/16/64"
-timeout 90 $PY benchmarks/generate_speed.py --device cuda --dtype bf16 --batch 1 16 64 --models issue3 \
-    --config recipes/configs/audio_small.toml --steps 300 --ref-steps 20 --min-seconds 1 \
-    --json "$OUT/generate_speed.json" 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
+log "generation samples/s (cached against the reference path)"
+step generate_speed 90 $PY benchmarks/generate_speed.py --device "$DEVICE" "${GEN_ARGS[@]}" \
+    --json "$OUT/generate_speed.json"
 
 log "peak memory against mem_len (tgt_len 512)"
-timeout 60 $PY benchmarks/memory_scaling.py --device cuda --mem-lens 0,1024,2048,4096,8192,16384 \
-    --out "$OUT/memory_scaling.json" 2>&1 | tail -16 | tee -a "$OUT/summary.txt"
+step memory_scaling 60 $PY benchmarks/memory_scaling.py --device "$DEVICE" "${MEM_ARGS[@]}" \
+    --out "$OUT/memory_scaling.json"
 
-log "audio_small: ${TRAIN_SECONDS} s of training on the bundled data, then the test split"
+log "quickstart with $(basename "$TRAIN_CONFIG" .toml)$([ "$QUICK" = 1 ] && echo " (QUICK: a few steps)" || echo ": ${TRAIN_SECONDS} s of training") on the bundled data, the held-out test split, 2 s generated"
 RUN=$(mktemp -d)
-$PY -m txl_audio prepare-audio data --out "$RUN/corpus" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
-timeout $((TRAIN_SECONDS + 120)) $PY -m txl_audio train --config recipes/configs/audio_small.toml \
-    --set data.corpus="$RUN/corpus" --set train.max_time="$TRAIN_SECONDS" --set train.eval_every=250 \
-    --set data.max_eval_tokens=262144 --out "$RUN/run" > "$OUT/train.log" 2>&1
-tail -3 "$OUT/train.log" | tee -a "$OUT/summary.txt"
-cp "$RUN/run/metrics.jsonl" "$RUN/run/curves.png" "$OUT/" 2>/dev/null
-timeout 90 $PY -m txl_audio evaluate "$RUN/run" --corpus "$RUN/corpus" --split test --dtype bf16 \
-    --out "$RUN/eval" 2>&1 | tail -8 | tee -a "$OUT/summary.txt"
-cp "$RUN/eval/summary.json" "$OUT/eval_summary.json" 2>/dev/null
+step quickstart $((TRAIN_SECONDS + 150)) env OUT="$RUN" CONFIG="$TRAIN_CONFIG" TXL_MAX_TIME="$TRAIN_SECONDS" \
+    TXL="$PY -m txl_audio" QUICK="$QUICK" bash recipes/quickstart.sh
+cp "$RUN/metrics.jsonl" "$RUN/curves.png" "$RUN/config.toml" "$OUT/" 2>/dev/null
+cp "$RUN/eval_test/summary.json" "$OUT/eval_summary.json" 2>/dev/null
+cp "$RUN"/samples/*.png "$RUN"/samples/*.json "$OUT/" 2>/dev/null
+rm -rf "$RUN"
 log "done"

@@ -11,6 +11,7 @@ tokens/s = batch x tgt_len x steps / seconds. A variant that runs out of memory 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -24,7 +25,7 @@ sys.path.insert(0, str(HERE))
 from einsum_reference import from_model  # noqa: E402
 
 from txl_audio.config import ModelConfig, load_config  # noqa: E402
-from txl_audio.model import TransformerXL  # noqa: E402
+from txl_audio.model import TransformerXL, compiled_layers  # noqa: E402
 
 RESULTS = HERE / "results" / "gpu_speed.json"
 
@@ -117,7 +118,9 @@ def run_config(
     compile_: bool,
     warmup: int,
     steps: int,
+    on_result=None,
 ) -> dict:
+    """One config's row; ``on_result(row)`` is called after each measurement (to save as it goes)."""
     cfg = dataclasses.replace(cfg, dropout=0.0, dropatt=0.0)
     row: dict = {
         "config": name,
@@ -129,21 +132,34 @@ def run_config(
         "dtype": dtype,
     }
     torch.manual_seed(0)
-    variants = {"ours": lambda: TransformerXL(cfg).to(device)}
+
+    def compiled(mode: str, stack: contextlib.ExitStack):
+        model = TransformerXL(cfg).to(device)
+        if mode == "train":
+            return torch.compile(model)  # as train.py does with train.compile = true
+        return stack.enter_context(compiled_layers(model))  # as `txl-audio evaluate --compile` does
+
+    # compiled last: if compilation runs past the script's time limit, the plain ratio is already out
+    variants = {
+        "ours": lambda mode, stack: TransformerXL(cfg).to(device),
+        "einsum": lambda mode, stack: from_model(TransformerXL(cfg)).to(device),
+    }
     if compile_:
-        variants["ours_compiled"] = lambda: torch.compile(TransformerXL(cfg).to(device))
-    variants["einsum"] = lambda: from_model(TransformerXL(cfg)).to(device)
+        variants["ours_compiled"] = compiled
     for mode in ("train", "eval"):
         for vname, make in variants.items():
-            model = make()
-            t0 = time.perf_counter()
-            r = measure(model, cfg, batch, device, dtype, mode == "train", warmup, steps)
+            with contextlib.ExitStack() as stack:
+                model = make(mode, stack)
+                t0 = time.perf_counter()
+                r = measure(model, cfg, batch, device, dtype, mode == "train", warmup, steps)
             r["wall_s"] = time.perf_counter() - t0
             row[f"{mode}_{vname}"] = r
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             print(f"  {name} {mode:<5} {vname:<14} {_fmt(r)}", flush=True)
+            if on_result is not None:
+                on_result(row)
         for vname in variants:
             if vname != "einsum":
                 a, b = row[f"{mode}_{vname}"], row[f"{mode}_einsum"]
@@ -193,17 +209,22 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(
                 cfg, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16, mem_len=16
             )
-            batch, args.warmup, args.steps = 2, 1, 2
+            batch, args.warmup, args.steps = 2, 3, 2  # 3 warm-up steps: compiled, recompiled with memory
         print(
             f"{Path(path).stem}: {cfg.n_layer} layers, d_model {cfg.d_model}, tgt_len {cfg.tgt_len}, "
             f"mem_len {cfg.mem_len}, batch {batch}, {args.dtype} on {res['device']}",
             flush=True,
         )
-        res["rows"].append(
-            run_config(cfg, Path(path).stem, batch, device, args.dtype, args.compile, args.warmup, args.steps)
+        def save(row: dict, n_done: int = len(res["rows"])) -> None:
+            # written after every measurement, so a run cut short keeps what it measured
+            res["rows"][n_done:] = [row]
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(res, indent=1))
+
+        save(
+            run_config(cfg, Path(path).stem, batch, device, args.dtype, args.compile, args.warmup,
+                       args.steps, on_result=save)
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1))
     print(
         "\n| config | mode | ours tokens/s | einsum tokens/s | ratio | peak GiB (ours / einsum) | device |"
     )
