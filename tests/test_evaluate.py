@@ -332,3 +332,29 @@ def test_cuda_fp32_and_bf16_match_cpu():
     assert fp32.device.startswith("cuda")
     assert fp32.bits_per_token == pytest.approx(cpu.bits_per_token, rel=1e-3)  # TF32 matmuls allowed
     assert bf16.bits_per_token == pytest.approx(cpu.bits_per_token, rel=3e-2)
+
+
+def test_bf16_autocast_on_cpu_close_to_fp32():
+    """The bf16 path (autocast, fp64 loss sums) runs on the CPU too and stays within bf16 rounding."""
+    model = sharp_model(vocab=256, mem_len=32, tgt_len=16)
+    docs = random_docs([300, 170], vocab=256, seed=3)
+    fp32 = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False)
+    bf16 = evaluate_tokens(model, docs, batch_size=2, dtype="bf16", baselines=False, progress=False)
+    assert bf16.dtype == "bf16"
+    assert bf16.bits_per_token == pytest.approx(fp32.bits_per_token, rel=2e-2)
+    assert bf16.bits_per_token != fp32.bits_per_token  # it did run in bf16
+
+
+@pytest.mark.slow  # compilation: ~15 s on 2 cores
+def test_compiled_evaluation_equals_plain_and_restores_the_model():
+    model = sharp_model(vocab=256, mem_len=32, tgt_len=16)
+    layers = list(model.layers)
+    docs = random_docs([300, 170, 90], vocab=256, seed=4)
+    plain = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False, compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # it did go through torch.compile
+    assert [f.nll_nats for f in compiled.files] == pytest.approx([f.nll_nats for f in plain.files], rel=1e-5)
+    assert list(model.layers) == layers and "_orig_mod" not in "".join(model.state_dict())

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from txl_audio.baselines import bootstrap_ci, compressor_baselines
+from txl_audio.model import compiled_layers
 
 IGNORE = -100  # targets that are not predicted (the model's IGNORE_INDEX)
 LENGTH_FIELDS = ("mem_len", "tgt_len", "clamp_len", "same_length")
@@ -310,6 +311,7 @@ def evaluate_tokens(
     position_edges: Sequence[int] | None = None,
     sample_rate: int | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> EvalResult:
     """Evaluate the model on token documents (1-D integer arrays); the model stays on its device.
 
@@ -317,6 +319,8 @@ def evaluate_tokens(
     each document's start, so the result equals evaluating each alone). ``stream=True``: the documents
     in order as one stream cut into ``batch_size`` lanes, memory carried across segments.
     ``position_edges``: also sum the loss by the predicted token's index in its file, bucketed.
+    ``compile``: run the model's layers through ``torch.compile`` (worth its start-up time on a GPU
+    and a large split; the result equals the plain path up to float rounding).
     """
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
@@ -335,7 +339,8 @@ def evaluate_tokens(
         raise ValueError("nothing to evaluate: every file has fewer than 2 tokens")
     device = next(model.parameters()).device
     results = [FileResult(names[i], max(len(docs[i]) - 1, 0), 0.0) for i in range(len(docs))]
-    with evaluation_lengths(model, mem_len, tgt_len, clamp_len, same_length) as L:
+    lengths = evaluation_lengths(model, mem_len, tgt_len, clamp_len, same_length)
+    with lengths as L, compiled_layers(model, compile):
         sub = [docs[i] for i in usable]
         lanes = (_StreamLanes if stream else _PerFileLanes)(sub, batch_size, L.tgt_len)
         n = len(sub)

@@ -26,6 +26,7 @@ computation done the slow way: it re-projects the whole context for every token.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -410,3 +411,26 @@ class TransformerXL(nn.Module):
         cache.length, cache.pos = L, cache.pos + n
         logits, _ = self._output(self.drop(self.final_norm(h)), None)
         return logits
+
+
+@contextmanager
+def compiled_layers(model: TransformerXL, enabled: bool = True):
+    """``torch.compile`` each decoder layer of ``model`` for the duration of the block, then put the
+    plain layers back.
+
+    For inference: compiling the whole model would also trace the Python that reuses the memory's
+    keys and values from one segment to the next (``Memory``), which steps aside under compilation;
+    compiling the layers fuses what runs per token (norms, residuals, the feed-forward, the position
+    bias) and keeps that reuse. All layers share one compiled graph (same code, parameters as inputs).
+    """
+    if not enabled:
+        yield model
+        return
+    plain = list(model.layers)
+    try:
+        for i, layer in enumerate(plain):
+            model.layers[i] = torch.compile(layer)
+        yield model
+    finally:
+        for i, layer in enumerate(plain):
+            model.layers[i] = layer
