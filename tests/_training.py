@@ -50,8 +50,12 @@ def model_state(ckpt: Path) -> dict:
     return load_checkpoint(ckpt)["model"]
 
 
-def same_params(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+def same_params(a: dict, b: dict, tol: float = 0.0) -> bool:
+    """Same names and values (bit for bit, or within ``tol`` relative to each tensor's largest value)."""
+    return a.keys() == b.keys() and all(
+        bool(((a[k] - b[k]).abs() <= tol * b[k].abs().max()).all()) if tol else bool((a[k] == b[k]).all())
+        for k in a
+    )
 
 
 # A training process for the crash tests: trains, and SIGKILLs itself right after step KILL_AT.

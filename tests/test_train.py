@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,59 @@ def test_trains_on_cuda_with_bf16(corpus, tmp_path, compile_model):
     assert state["ranks"][0]["mems"][0][0].device.type == "cpu"
     more = tiny_config(corpus, device="cpu", max_steps=8)
     assert train(more, tmp_path, resume=True, **quiet()).step == 8
+
+
+# ---- fast paths against the plain path, on the CPU ----
+
+
+def test_fused_adamw_equals_plain():
+    """train.py's fused optimizer (the CUDA fast path; the CPU has a fused kernel too) makes the same
+    updates as the plain one, weight-decay groups included."""
+    from txl_audio.model import TransformerXL
+    from txl_audio.train import make_optimizer
+
+    cfg = tiny_config(Path("unused"), weight_decay=0.1)
+    models = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = TransformerXL(cfg.model)
+        opt = make_optimizer(model, cfg.train, fused=fused)
+        assert opt.defaults["fused"] is (True if fused else None)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        models.append(model)
+    plain, fused = (dict(m.named_parameters()) for m in models)
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_bf16_autocast_training_on_cpu_close_to_fp32(corpus, tmp_path):
+    fp32 = train(tiny_config(corpus, max_steps=3), tmp_path / "fp32", **quiet())
+    bf16 = train(tiny_config(corpus, max_steps=3, dtype="bf16"), tmp_path / "bf16", **quiet())
+    assert all(math.isfinite(x) for x in bf16.losses)
+    assert bf16.losses[0] == pytest.approx(fp32.losses[0], rel=2e-2)  # same weights, same batch
+    assert bf16.losses != fp32.losses  # it did run in bf16
+    # the checkpoint holds float32 weights and memories, so the run resumes in fp32
+    state = torch.load(bf16.checkpoint, weights_only=True, map_location="cpu")
+    assert state["ranks"][0]["mems"][0][0].dtype == torch.float32
+    assert train(tiny_config(corpus, max_steps=4), tmp_path / "bf16", resume=True, **quiet()).step == 4
+
+
+@pytest.mark.slow  # compilation: ~30 s on 2 cores
+def test_compiled_training_matches_eager_on_cpu(corpus, tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    runs = []
+    for compile_model in (False, True):
+        cfg = tiny_config(corpus, max_steps=4, eval_every=4, compile=compile_model)
+        cfg.model.dropout = 0.0  # compiled dropout draws its own random numbers
+        runs.append(train(cfg, tmp_path / str(compile_model), **quiet()))
+    eager, compiled = runs
+    assert counters["stats"]["unique_graphs"] >= 1  # the second run did go through torch.compile
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert compiled.valid["bits"] == pytest.approx(eager.valid["bits"], rel=1e-4)
+    assert same_params(model_state(compiled.checkpoint), model_state(eager.checkpoint), tol=1e-4)
