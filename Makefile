@@ -39,8 +39,10 @@ clean:
 	rm -rf runs/demo benchmarks/results
 
 # Wheels that the GPU image lacks, for benchmarks/gpu_check.sh on a machine without network
-# (its python is 3.12 on x86_64): carry gpu_wheels/ along with the working tree.
+# (its python is 3.12 on x86_64): carry gpu_wheels/ along with the working tree. The image has numpy,
+# scipy, scikit-learn, joblib, numba, msgpack, packaging, requests and typing-extensions, but not
+# cffi/pycparser (soundfile's) nor the rest below; gpu_check.sh installs them with --no-deps.
 gpu-wheels:
 	$(PY) -m pip download --no-deps --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 \
 		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d gpu_wheels \
-		soundfile==0.14.0 librosa==0.11.0 soxr audioread pooch platformdirs decorator lazy_loader standard-aifc standard-sunau
+		soundfile==0.14.0 librosa==0.11.0 cffi pycparser soxr audioread pooch platformdirs decorator lazy_loader

@@ -48,7 +48,11 @@ else
 fi
 
 if ! $PY -c "import soundfile, librosa" 2>/dev/null && [ -d gpu_wheels ]; then
-    $PY -m pip install -q --no-index --find-links gpu_wheels soundfile librosa 2>&1 | tail -2
+    # into a folder of its own on PYTHONPATH: the image's environment stays as it is
+    SITE=$(mktemp -d)
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" gpu_wheels/*.whl 2>&1 | tail -3
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+    $PY -c "import soundfile, librosa" || echo "soundfile/librosa still missing: the audio steps will fail"
 fi
 
 log "machine"
