@@ -8,6 +8,7 @@ folder, so an existing corpus is replaced whole or not at all.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import hashlib
 import re
 import time
@@ -203,7 +204,7 @@ def _ordered_results(jobs: list[tuple[str, str]], workers: int, chunk: int = 16)
             yield _tokenize_file(j)
         return
     chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
     pending: deque[Future] = deque()
     try:
         it = iter(chunks)
