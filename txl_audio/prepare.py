@@ -8,8 +8,8 @@ folder, so an existing corpus is replaced whole or not at all.
 from __future__ import annotations
 
 import csv
-import multiprocessing
 import hashlib
+import multiprocessing
 import re
 import time
 from collections import deque
