@@ -39,30 +39,4 @@ for v in xl no_memory absolute; do
     txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split "$EVAL_SPLIT" --stream --no-baselines --no-progress
 done
 
-"$PYTHON" - "$OUT" "$EVAL_SPLIT" <<'PY'
-import json, math, sys
-from pathlib import Path
-
-from txl_audio.config import load_config
-
-out, split = Path(sys.argv[1]), sys.argv[2]
-rows = []
-for name, label in (("xl", "Transformer-XL"), ("no_memory", "no memory (mem_len 0)"),
-                    ("absolute", "absolute positions")):
-    run = out / name
-    s = json.loads((run / f"eval_{split}" / "summary.json").read_text())
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    train = [r for r in recs if r.get("split") == "train"]
-    m = load_config(run / "config.toml").model
-    word = "perplexity" in s
-    metric = f"{s['perplexity']:.2f}" if word else f"{s['bits_per_token']:.4f}"
-    rows.append((label, m.attention, m.tgt_len, m.mem_len, train[-1]["step"],
-                 f"{train[-1]['time']:.0f}", f"{s['nll_nats_per_token']:.4f}", metric, s["tokens"]))
-unit = "perplexity" if word else "bits/char"
-print()
-print(f"| model | attention | tgt_len | mem_len | steps | train s | {split} nats/token | {unit} |")
-print("|---|---|---|---|---|---|---|---|")
-for r in rows:
-    print("| " + " | ".join(str(x) for x in r[:-1]) + " |")
-print(f"\n({rows[0][-1]:,} {split} tokens, each model evaluated as one stream at its training lengths)")
-PY
+"$PYTHON" "$ROOT/recipes/ablation_table.py" "$OUT" "$EVAL_SPLIT"

@@ -1,61 +1,13 @@
 # Sourced by the text recipes (ptb.sh, wikitext2.sh, shakespeare_char.sh, enwik8.sh, text8.sh,
 # text_baselines.sh): how to call txl-audio, where the corpora are, and the common environment knobs.
 #
-#   CONFIG  the TOML config (each recipe has a CPU default; *_base.toml / *_gpu.toml for a GPU)
 #   OUT     run folder (corpus/ and run/ inside; default runs/<recipe>)
-#   SET     extra overrides, "section.key=value ...", e.g. SET="train.max_steps=20 model.n_layer=2"
 #   EVAL    extra `txl-audio evaluate` arguments, e.g. EVAL="--mem-len 1600 --clamp-len 1000"
-#   RESUME  1: continue the run in $OUT/run from its newest checkpoint instead of starting afresh
-#   NPROC   N: train on N GPUs of this node with torchrun
+#   CONFIG, SET, RESUME, NPROC, TXL: see recipes/common.sh
 # Arguments after a recipe's input go to `txl-audio train`, e.g. recipes/ptb.sh DIR --set train.lr=1e-3
-#   TXL     the command to run (default: txl-audio on PATH, else .venv/bin/txl-audio, else python3 -m)
 
-# OpenMP threads that sleep when idle instead of spinning: on a CPU shared with other work, torch's
-# default (spinning) made a 2-thread training step ~7x slower here (OMP_WAIT_POLICY=ACTIVE to compare).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TEXT_DATA="$ROOT/../shared/data/text"
-
-if [[ -z "${TXL:-}" ]]; then
-    if command -v txl-audio >/dev/null 2>&1; then TXL=txl-audio
-    elif [[ -x "$ROOT/.venv/bin/txl-audio" ]]; then TXL="$ROOT/.venv/bin/txl-audio"
-    else TXL="python3 -m txl_audio"; fi
-fi
-PYTHON="${PYTHON:-$(dirname "$(command -v "${TXL%% *}")")/python}"
-[[ -x "$PYTHON" ]] || PYTHON=python3
-
-# SET="a.b=1 c.d=2" -> (--set a.b=1 --set c.d=2)
-SETS=()
-for kv in ${SET:-}; do SETS+=(--set "$kv"); done
-
-need() {  # need PATH WHAT: stop with a message naming the path when an input is missing
-    if [[ ! -e "$1" ]]; then
-        echo "error: $1 not found: pass $2 as the first argument" >&2
-        exit 1
-    fi
-}
-
-txl() {
-    echo "+ txl-audio $*" >&2
-    # shellcheck disable=SC2086  # TXL may be "python3 -m txl_audio"
-    $TXL "$@"
-}
-
-# train_run CONFIG RUN_DIR CORPUS [more train args]: a fresh run, or RESUME=1 to continue one;
-# NPROC=N trains with torchrun on N processes (GPUs) of this node (train.batch_size stays global)
-train_run() {
-    local config="$1" run="$2" corpus="$3"
-    shift 3
-    local args=(train --config "$config" --out "$run" --set "data.corpus=\"$corpus\"" "$@" ${SETS[@]+"${SETS[@]}"})
-    [[ "${RESUME:-0}" == 1 ]] && args+=(--resume)
-    if [[ -n "${NPROC:-}" ]]; then
-        echo "+ torchrun --nproc_per_node $NPROC -m txl_audio ${args[*]}" >&2
-        torchrun --standalone --nproc_per_node "$NPROC" -m txl_audio "${args[@]}"
-    else
-        txl "${args[@]}"
-    fi
-}
 
 # hutter_recipe FORMAT SRC [train args]: enwik8 or text8 (the file, or the distributed .zip that holds
 # one file named FORMAT) -> corpus with the standard 90M/5M/5M split -> train ($CONFIG into $OUT/run)

@@ -1,0 +1,44 @@
+"""The table of recipes/text_baselines.sh and recipes/audio_baselines.sh: Transformer-XL against its two
+ablations (no memory; absolute positions), each run's evaluation summary and training record side by side.
+
+    python recipes/ablation_table.py OUT SPLIT      # OUT holds the runs xl/, no_memory/, absolute/
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from txl_audio.config import load_config
+
+RUNS = (("xl", "Transformer-XL"), ("no_memory", "no memory (mem_len 0)"), ("absolute", "absolute positions"))
+
+
+def table(out: Path, split: str) -> str:
+    rows, summaries = [], []
+    for name, label in RUNS:
+        run = out / name
+        s = json.loads((run / f"eval_{split}" / "summary.json").read_text())
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        train = [r for r in recs if r.get("split") == "train"]
+        m = load_config(run / "config.toml").model
+        value = f"{s['perplexity']:.2f}" if "perplexity" in s else f"{s['bits_per_token']:.4f}"
+        rows.append([label, m.attention, m.tgt_len, m.mem_len, train[-1]["step"], f"{train[-1]['time']:.0f}",
+                     f"{s['nll_nats_per_token']:.4f}", value])
+        summaries.append(s)
+    first = summaries[0]
+    metric = "perplexity" if "perplexity" in first else first.get("metric", "bits per token")
+    lines = [f"| model | attention | tgt_len | mem_len | steps | train s | {split} nats/token | {metric} |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    how = "as one stream" if first.get("mode") == "stream" else "with every file from an empty memory"
+    note = f"({first['tokens']:,} {split} tokens, each model evaluated {how} at its training lengths"
+    if first.get("xz_bits_per_token") is not None:  # None with --no-baselines
+        note += f"; xz -9e on the same tokens: {first['xz_bits_per_token']:.4f} {metric}"
+    return "\n".join(lines) + "\n\n" + note + ")"
+
+
+if __name__ == "__main__":
+    print()
+    print(table(Path(sys.argv[1]), sys.argv[2]))

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Transformer-XL against its two ablations on audio, same data and same compute, one table and one plot:
+#   transformer-xl   relative positions + segment recurrence memory (the config's mem_len)
+#   no memory        relative positions, mem_len = 0: every segment is read on its own
+#   absolute         the vanilla Transformer: absolute sinusoid positions, no memory
+# All three use the same config, seed, batches, segment length and number of steps (STEPS), so the
+# table shows what recurrence and relative positions buy. Each is evaluated on the held-out test
+# speakers, every clip from an empty memory (as `txl-audio evaluate` does by default), at its training
+# lengths; then `txl-audio context` evaluates the three at several memory lengths on the same clips and
+# draws their loss against context span and against position in the clip (nll_vs_*.png).
+#
+#   recipes/audio_baselines.sh [AUDIO_DIR]     default: the bundled sample (data/), split as the quickstart
+#
+# env: CONFIG (recipes/configs/tiny_cpu.toml), STEPS (2000), OUT (runs/audio_baselines),
+#      MEM_LENS (0,64,256: the context analysis), PREPARE (prepare-audio arguments; default the
+#      quickstart's speaker split), SET / RESUME / TXL as in recipes/common.sh.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+src="${1:-$ROOT/data}"
+need "$src" "an audio folder"
+CONFIG="${CONFIG:-$ROOT/recipes/configs/tiny_cpu.toml}"
+STEPS="${STEPS:-2000}"
+OUT="${OUT:-runs/audio_baselines}"
+# the quickstart's split of the bundled sample: 6 held-out test speakers (91 s), the LJ reader as one speaker
+if [[ -n "${PREPARE:-}" ]]; then
+    read -r -a prepare <<< "$PREPARE"
+else
+    prepare=(--valid 0.05 --test 0.2 --speaker-regex '[0-9a-f]{8}(?=_nohash_)|LJ(?=\d{3}-)')
+fi
+
+if [[ "${RESUME:-0}" == 1 && -f "$OUT/corpus/meta.json" ]]; then
+    echo "(resuming: keeping $OUT/corpus)"
+else
+    txl prepare-audio "$src" --out "$OUT/corpus" --quiet "${prepare[@]}"
+fi
+
+# equal compute: the same number of steps (and so the same batches) for all, no time limit
+common=(--set "train.max_steps=$STEPS" --set "train.max_time=0" --set "train.eval_every=$((STEPS * 10))"
+        --set "train.ckpt_every=$((STEPS * 10))" --no-progress)
+train_run "$CONFIG" "$OUT/xl" "$OUT/corpus" "${common[@]}" "${@:2}"
+train_run "$CONFIG" "$OUT/no_memory" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0
+train_run "$CONFIG" "$OUT/absolute" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0 \
+    --set model.attention=absolute
+for v in xl no_memory absolute; do
+    baselines=(--no-baselines)
+    [[ "$v" == xl ]] && baselines=()  # xz and bzip2 once, on the same tokens
+    txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split test --no-progress ${baselines[@]+"${baselines[@]}"}
+done
+txl context "$OUT/xl" --compare "$OUT/no_memory" "$OUT/absolute" --corpus "$OUT/corpus" --split test \
+    --mem-lens "${MEM_LENS:-0,64,256}" --no-progress --out "$OUT/context"
+
+"$PYTHON" "$ROOT/recipes/ablation_table.py" "$OUT" test
+echo "plots: $OUT/context/nll_vs_context.png, $OUT/context/nll_vs_position.png"
