@@ -90,4 +90,8 @@ cp "$RUN/metrics.jsonl" "$RUN/curves.png" "$RUN/config.toml" "$OUT/" 2>/dev/null
 cp "$RUN/eval_test/summary.json" "$OUT/eval_summary.json" 2>/dev/null
 cp "$RUN"/samples/*.png "$RUN"/samples/*.json "$OUT/" 2>/dev/null
 rm -rf "$RUN"
+
+log "report (the README's GPU section, goals marked from the numbers): $OUT/report.md"
+$PY benchmarks/gpu_report.py "$OUT" > "$OUT/report.md" 2> "$OUT/report.log"
+cat "$OUT/report.md" "$OUT/report.log"
 log "done"

@@ -46,4 +46,33 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     gen = json.loads((out / "generate_speed.json").read_text())["rows"]
     assert all(r["cached_samples_per_s"] > 0 and r["speedup"] > 0 for r in gen)
     assert json.loads((out / "eval_summary.json").read_text())["split"] == "test"
+    report = (out / "report.md").read_text()
+    assert "missing" not in report and "not measured" not in report, report
+    assert "| audio_small (fp32) | 2 x 16 | train |" in report and "| eval step |" in report
+    assert "xz -9e, same tokens" in report and report.count("**m") >= 2  # goals marked met/missed
     assert summary.rstrip().endswith("done")
+
+
+def test_gpu_report_marks_goals_from_the_numbers(tmp_path):
+    import gpu_report
+
+    speed = {"date": "2026-01-01", "rows": [{
+        "config": "audio_small", "dtype": "bf16", "batch": 16, "tgt_len": 1024,
+        "train_ours": {"tokens_per_s": 320_000.0, "peak_gib": 5.0},
+        "train_einsum": {"tokens_per_s": 100_000.0},
+        "train_ours_vs_einsum": 3.2, "eval_ours": {"tokens_per_s": 900_000.0}, "eval_einsum": {"oom": True}}]}
+    (tmp_path / "gpu_speed_small.json").write_text(json.dumps(speed))
+    rows = [{"model": "audio_small", "n_layer": 6, "d_model": 384, "mem_len": 1024, "tgt_len": 1024,
+             "batch": b,
+             "cached_samples_per_s": rate, "cached_realtime_factor": rate / 16_000} for b, rate in
+            ((1, 3_000.0), (64, 40_000.0))]
+    gen = {"dtype": "bf16", "device": "GPU X", "rows": rows}
+    (tmp_path / "generate_speed.json").write_text(json.dumps(gen))
+    (tmp_path / "summary.txt").write_text("== 10:00:00 machine\nGPU X, 80 GiB\n== 10:00:01 cuda tests\n")
+    report = gpu_report.report(tmp_path)
+    assert report.startswith("GPU results, 2026-01-01: GPU X, 80 GiB")
+    assert "3.20x (best of plain and compiled): **met**" in report
+    assert "2.50x at batch 64: **met**" in report  # aggregate: 40,000 samples/s = 2.5x real time
+    assert "3,000 samples/s = 0.188x: **missed**" in report  # single stream under 4,000 samples/s
+    assert "| out of memory |" in report  # an einsum run that ran out of memory is said so
+    assert "(gpu_speed_base.json missing)" in report and "(memory_scaling.json missing)" in report
