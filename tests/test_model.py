@@ -177,6 +177,21 @@ def test_matches_einsum_reference_in_float64():
     close(run_segments(model, x, 5, dp), run_segments(ref, x, 5, dp), tol=1e-12)
 
 
+@pytest.mark.parametrize("block", [0, 2], ids=["all_queries", "query_blocks"])
+@pytest.mark.parametrize("kw", [dict(), dict(same_length=True, clamp_len=3)])
+def test_inference_matches_einsum_reference(block, kw, monkeypatch):
+    """The inference path (no autograd), also when the queries go in blocks that skip the keys no query
+    of the block can see, with file boundaries inside segments."""
+    monkeypatch.setattr(attention, "CPU_QUERY_BLOCK", block)
+    cfg = tiny(mem_len=6, **kw)
+    model = make_model(cfg).double()
+    ref = from_model(model)
+    x = torch.randint(0, V, (2, 15))
+    dp = torch.tensor([list(range(15)), [2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        close(run_segments(model, x, 5, dp), run_segments(ref, x, 5, dp), tol=1e-12)
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(same_length=True, pre_norm=True)])
 @pytest.mark.parametrize("chunk", [None, 1], ids=["one_chunk", "row_by_row"])
 def test_gradients_match_einsum_reference(kw, chunk, monkeypatch):

