@@ -382,7 +382,9 @@ CACHE_IDS = ["plain", "short_mem", "pre_norm_clamp", "same_length", "absolute"]
 
 
 @pytest.mark.parametrize("kw", CACHE_CASES, ids=CACHE_IDS)
-def test_cached_decoding_equals_segment_by_segment_forward(kw):
+@pytest.mark.parametrize("block", [256, 2], ids=["default_blocks", "query_blocks_of_2"])
+def test_cached_decoding_equals_segment_by_segment_forward(kw, block, monkeypatch):
+    monkeypatch.setattr(attention, "CPU_QUERY_BLOCK", block)  # 2: the chunks of 4 go in query blocks
     cfg = tiny(tgt_len=4, **{"mem_len": 6, **kw})
     model = make_model(cfg)
     x = torch.randint(0, V, (2, 30))  # 7.5 segments: the window slides many times
