@@ -155,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     )
     res.ci_seed = args.seed
     res.extra.update(
-        checkpoint=str(path), source=str(args.corpus) if args.corpus else [str(a) for a in args.audio]
+        checkpoint=str(path),
+        source=str(args.corpus) if args.corpus else [str(a) for a in args.audio],
+        compiled=args.compile,  # tokens/s then includes the compilation
     )
     out = args.out or path.parent / f"eval_{split}"
     res.write(out)
