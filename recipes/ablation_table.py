@@ -6,38 +6,14 @@ ablations (no memory; absolute positions), each run's evaluation summary and tra
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from txl_audio.baselines import bootstrap_ci
+from txl_audio.baselines import paired_difference, read_per_file
 from txl_audio.config import load_config
 
 RUNS = (("xl", "Transformer-XL"), ("no_memory", "no memory (mem_len 0)"), ("absolute", "absolute positions"))
-
-
-def paired_difference(out: Path, split: str, name: str) -> tuple[float, float, float] | None:
-    """Bits per token of run ``name`` minus the Transformer-XL's, over the same files (token-weighted,
-    so it equals the difference of the two totals), with a 95% bootstrap interval over files: the
-    files are paired, so the interval is much tighter than either model's own. None with fewer than
-    10 files (a text stream is one file)."""
-
-    def per_file(run: str) -> dict[str, tuple[int, float]]:
-        with open(out / run / f"eval_{split}" / "per_file.csv", newline="") as f:
-            return {r["file"]: (int(r["tokens"]), float(r["bits_per_sample"])) for r in csv.DictReader(f)}
-
-    a, b = per_file("xl"), per_file(name)
-    files = [f for f in a if f in b and a[f][0] > 0 and math.isfinite(a[f][1]) and math.isfinite(b[f][1])]
-    if len(files) < 10:
-        return None
-    tokens = np.array([a[f][0] for f in files], dtype=np.float64)
-    diff = np.array([b[f][1] - a[f][1] for f in files])
-    lo, hi = bootstrap_ci(diff, weights=tokens)
-    return float((diff * tokens).sum() / tokens.sum()), lo, hi
 
 
 def table(out: Path, split: str) -> str:
@@ -49,7 +25,10 @@ def table(out: Path, split: str) -> str:
         train = [r for r in recs if r.get("split") == "train"]
         m = load_config(run / "config.toml").model
         value = f"{s['perplexity']:.2f}" if "perplexity" in s else f"{s['bits_per_token']:.4f}"
-        d = paired_difference(out, split, name) if name != "xl" else None
+        d = None
+        if name != "xl":  # the ablation minus the Transformer-XL on the same files, interval over files
+            per_file = [read_per_file(out / r / f"eval_{split}" / "per_file.csv") for r in ("xl", name)]
+            d = paired_difference(*per_file)
         vs = "-" if d is None else f"{d[0]:+.4f} ({d[1]:+.4f} to {d[2]:+.4f})"
         rows.append([label, m.attention, m.tgt_len, m.mem_len, train[-1]["step"], f"{train[-1]['time']:.0f}",
                      f"{s['nll_nats_per_token']:.4f}", value, vs])

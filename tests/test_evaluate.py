@@ -358,3 +358,29 @@ def test_compiled_evaluation_equals_plain_and_restores_the_model():
     assert counters["stats"]["unique_graphs"] >= 1  # it did go through torch.compile
     assert [f.nll_nats for f in compiled.files] == pytest.approx([f.nll_nats for f in plain.files], rel=1e-5)
     assert list(model.layers) == layers and "_orig_mod" not in "".join(model.state_dict())
+
+
+def test_paired_difference_over_files(tmp_path):
+    """The ablation tables' difference column: the difference of the two totals over the same files, with
+    a bootstrap interval over files that holds it; too few files give no interval."""
+    from txl_audio.baselines import paired_difference, read_per_file
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1000, 16000, 40)
+    a_bits = rng.uniform(2.5, 4.5, 40)
+    b_bits = a_bits + rng.normal(0.07, 0.02, 40)
+    paths = []
+    for name, bits in (("a", a_bits), ("b", b_bits)):
+        rows = "".join(f"f{i}.flac,{t},{x:.6f},,\n" for i, (t, x) in enumerate(zip(tokens, bits)))
+        path = tmp_path / f"{name}.csv"
+        path.write_text("file,tokens,bits_per_sample,xz_bits_per_sample,bzip2_bits_per_sample\n" + rows)
+        paths.append(path)
+    a, b = (read_per_file(p) for p in paths)
+    mean, lo, hi = paired_difference(a, b)
+    ta = sum(a[f][0] * a[f][1] for f in a) / sum(a[f][0] for f in a)
+    tb = sum(b[f][0] * b[f][1] for f in b) / sum(b[f][0] for f in b)
+    assert mean == pytest.approx(tb - ta, abs=1e-9)
+    assert 0 < lo < mean < hi < 0.14
+    assert paired_difference(a, a) == (0.0, 0.0, 0.0)
+    few = dict(list(a.items())[:9])
+    assert paired_difference(few, b) is None  # fewer than 10 paired files

@@ -118,31 +118,3 @@ def test_audio_baselines_end_to_end(tmp_path):
     assert all(str(out / run) in span for run in ("xl", "no_memory", "absolute"))
     assert (out / "context" / "nll_vs_context.png").stat().st_size > 0
 
-
-def test_ablation_table_pairs_files(tmp_path):
-    """The difference column is the difference of the two totals over the same files, with a
-    bootstrap interval over files that holds it; runs with too few files get no interval."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import ablation_table
-
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(1000, 16000, 40)
-    xl = rng.uniform(2.5, 4.5, 40)
-    for run, bits in (("xl", xl), ("no_memory", xl + rng.normal(0.07, 0.02, 40))):
-        d = tmp_path / run / "eval_test"
-        d.mkdir(parents=True)
-        rows = "".join(f"f{i}.flac,{t},{b:.6f},,\n" for i, (t, b) in enumerate(zip(tokens, bits)))
-        header = "file,tokens,bits_per_sample,xz_bits_per_sample,bzip2_bits_per_sample\n"
-        (d / "per_file.csv").write_text(header + rows)
-    mean, lo, hi = ablation_table.paired_difference(tmp_path, "test", "no_memory")
-    b = np.loadtxt(tmp_path / "no_memory" / "eval_test" / "per_file.csv", delimiter=",", skiprows=1,
-                   usecols=(1, 2))
-    a = np.loadtxt(tmp_path / "xl" / "eval_test" / "per_file.csv", delimiter=",", skiprows=1, usecols=(1, 2))
-    total = (b[:, 0] * b[:, 1]).sum() / b[:, 0].sum() - (a[:, 0] * a[:, 1]).sum() / a[:, 0].sum()
-    assert mean == pytest.approx(total, abs=1e-9)
-    assert 0 < lo < mean < hi < 0.14
-    # fewer than 10 paired files: no interval
-    for run in ("xl", "no_memory"):
-        f = tmp_path / run / "eval_test" / "per_file.csv"
-        f.write_text("".join(f.read_text().splitlines(keepends=True)[:6]))
-    assert ablation_table.paired_difference(tmp_path, "test", "no_memory") is None

@@ -63,3 +63,27 @@ def bootstrap_ci(
     means = (values[idx] * w[idx]).sum(1) / np.maximum(w[idx].sum(1), 1e-300)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def read_per_file(path) -> dict[str, tuple[int, float]]:
+    """An evaluation's ``per_file.csv`` -> {file: (predicted tokens, bits per token)}."""
+    import csv
+
+    with open(path, newline="") as f:
+        return {r["file"]: (int(r["tokens"]), float(r["bits_per_sample"])) for r in csv.DictReader(f)}
+
+
+def paired_difference(
+    a: dict[str, tuple[int, float]], b: dict[str, tuple[int, float]], min_files: int = 10, seed: int = 0
+) -> tuple[float, float, float] | None:
+    """Bits per token of model ``b`` minus model ``a`` over the files both scored (``read_per_file``
+    dicts), token-weighted so it equals the difference of the two totals, with a 95% bootstrap interval
+    over files. The files are paired (the same clip under both models), so the interval is far
+    tighter than either model's own. None with fewer than ``min_files`` files (one text stream)."""
+    files = [f for f in a if f in b and a[f][0] > 0 and math.isfinite(a[f][1]) and math.isfinite(b[f][1])]
+    if len(files) < min_files:
+        return None
+    tokens = np.array([a[f][0] for f in files], dtype=np.float64)
+    diff = np.array([b[f][1] - a[f][1] for f in files])
+    lo, hi = bootstrap_ci(diff, seed=seed, weights=tokens)
+    return float((diff * tokens).sum() / tokens.sum()), lo, hi
