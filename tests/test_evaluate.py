@@ -384,3 +384,19 @@ def test_paired_difference_over_files(tmp_path):
     assert paired_difference(a, a) == (0.0, 0.0, 0.0)
     few = dict(list(a.items())[:9])
     assert paired_difference(few, b) is None  # fewer than 10 paired files
+
+
+def test_per_file_columns_name_the_unit(tmp_path):
+    from txl_audio.baselines import read_per_file
+
+    model = sharp_model(vocab=16, mem_len=8, tgt_len=8)
+    docs = random_docs([40, 30], vocab=16)
+    res = evaluate_tokens(model, docs, unit="word", baselines=False, progress=False)
+    res.write(tmp_path)
+    header = (tmp_path / "per_file.csv").read_text().splitlines()[0]
+    assert header == "file,tokens,bits_per_word,xz_bits_per_word,bzip2_bits_per_word"
+    back = read_per_file(tmp_path / "per_file.csv")
+    assert [v[1] for v in back.values()] == pytest.approx([f.bits_per_token for f in res.files], abs=1e-6)
+    (tmp_path / "bad.csv").write_text("file,tokens\na,3\n")
+    with pytest.raises(ValueError, match="bad.csv"):
+        read_per_file(tmp_path / "bad.csv")

@@ -66,11 +66,16 @@ def bootstrap_ci(
 
 
 def read_per_file(path) -> dict[str, tuple[int, float]]:
-    """An evaluation's ``per_file.csv`` -> {file: (predicted tokens, bits per token)}."""
+    """An evaluation's ``per_file.csv`` -> {file: (predicted tokens, bits per token)}; the model's
+    column is ``bits_per_sample`` (audio), ``bits_per_byte`` or ``bits_per_word`` (text)."""
     import csv
 
     with open(path, newline="") as f:
-        return {r["file"]: (int(r["tokens"]), float(r["bits_per_sample"])) for r in csv.DictReader(f)}
+        rows = csv.DictReader(f)
+        col = next((c for c in rows.fieldnames or [] if c.startswith("bits_per_")), None)
+        if col is None:
+            raise ValueError(f"{path}: no bits_per_* column; is it an evaluation's per_file.csv?")
+        return {r["file"]: (int(r["tokens"]), float(r[col])) for r in rows}
 
 
 def paired_difference(

@@ -280,7 +280,8 @@ class EvalResult:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "per_file.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["file", "tokens", "bits_per_sample", "xz_bits_per_sample", "bzip2_bits_per_sample"])
+            u = self.unit  # sample, byte or word: the column names say which
+            w.writerow(["file", "tokens", f"bits_per_{u}", f"xz_bits_per_{u}", f"bzip2_bits_per_{u}"])
             for r in self.files:
                 xz = "" if r.xz_bytes is None else f"{8 * r.xz_bytes / max(r.tokens, 1):.6f}"
                 bz = "" if r.bzip2_bytes is None else f"{8 * r.bzip2_bytes / max(r.tokens, 1):.6f}"
