@@ -11,15 +11,23 @@
 #
 #   recipes/audio_baselines.sh [AUDIO_DIR]     default: the bundled sample (data/), split as the quickstart
 #
-# env: CONFIG (recipes/configs/tiny_cpu.toml), STEPS (2000), OUT (runs/audio_baselines),
-#      MEM_LENS (0,64,256: the context analysis), PREPARE (prepare-audio arguments; default the
+# env: CONFIG (audio_small.toml when nvidia-smi sees a GPU, else tiny_cpu.toml), STEPS (2000),
+#      OUT (runs/audio_baselines),
+#      MEM_LENS (the context analysis: 0,64,256; 0,256,1024,4096 with audio_small on a GPU), PREPARE (prepare-audio arguments; default the
 #      quickstart's speaker split), SET / RESUME / TXL as in recipes/common.sh.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 src="${1:-$ROOT/data}"
 need "$src" "an audio folder"
-CONFIG="${CONFIG:-$ROOT/recipes/configs/tiny_cpu.toml}"
+if [[ -z "${CONFIG:-}" ]]; then  # as the other audio recipes: audio_small where nvidia-smi sees a GPU
+    if nvidia-smi -L >/dev/null 2>&1; then
+        CONFIG="$ROOT/recipes/configs/audio_small.toml"
+        MEM_LENS="${MEM_LENS:-0,256,1024,4096}"
+    else
+        CONFIG="$ROOT/recipes/configs/tiny_cpu.toml"
+    fi
+fi
 STEPS="${STEPS:-2000}"
 OUT="${OUT:-runs/audio_baselines}"
 # the quickstart's split of the bundled sample: 6 held-out test speakers (91 s), the LJ reader as one speaker
