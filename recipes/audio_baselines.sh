@@ -13,8 +13,9 @@
 #
 # env: CONFIG (audio_small.toml when nvidia-smi sees a GPU, else tiny_cpu.toml), STEPS (2000),
 #      OUT (runs/audio_baselines),
-#      MEM_LENS (the context analysis: 0,64,256; 0,256,1024,4096 with audio_small on a GPU), PREPARE (prepare-audio arguments; default the
-#      quickstart's speaker split), SET / RESUME / TXL as in recipes/common.sh.
+#      MEM_LENS (the context analysis: 0,64,256; 0,256,1024,4096 with audio_small on a GPU),
+#      PREPARE (prepare-audio arguments; default the quickstart's speaker split),
+#      SET / RESUME / TXL as in recipes/common.sh.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
