@@ -13,7 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-SAMPLE_RATE = 16_000
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark scripts and txl_audio
+from txl_audio.audio import SAMPLE_RATE  # noqa: E402
+
 GOALS = {
     "train_vs_einsum": 3.0,  # training at least 3x the einsum version (bf16)
     "aggregate_realtime": 1.0,  # audio_small generation faster than real time in aggregate
@@ -80,17 +83,10 @@ def generation_section(out: Path, goals: list[str]) -> list[str]:
     if res is None:
         goals.append("- generation: not measured (generate_speed.json missing)")
         return ["(generate_speed.json missing)"]
-    lines = [f"{res['dtype']}, {res['device']}",
-             "",
-             "| model | layers x d_model | mem_len + tgt_len | batch | static (CUDA graph) samples/s "
-             "| model.step samples/s | x real time | reference samples/s | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        ref = f"{r['reference_samples_per_s']:,.0f} | {r['speedup']:.1f}x" if "speedup" in r else "- | -"
-        static = f"{r['static_samples_per_s']:,.0f}" if "static_samples_per_s" in r else "-"
-        step = f"{r['model_step_samples_per_s']:,.0f}" if "model_step_samples_per_s" in r else "-"
-        lines.append(f"| {r['model']} | {r['n_layer']} x {r['d_model']} | {r['mem_len']} + {r['tgt_len']} "
-                     f"| {r['batch']} | {static} | {step} | {r['cached_realtime_factor']:.3f} | {ref} |")
+    from generate_speed import table  # the benchmark's own table ("static" = ring buffer + CUDA graph)
+
+    lines = table(res).splitlines()
+    lines.insert(1, "")
     small = [r for r in res["rows"] if r["model"] == "audio_small"]
     if small:
         best = max(small, key=lambda r: r["cached_samples_per_s"])
@@ -134,13 +130,10 @@ def memory_section(out: Path) -> list[str]:
 
 
 def training_section(out: Path) -> list[str]:
+    from txl_audio.plots import read_metrics  # [] when missing; skips a line cut by a kill
+
     ev = _load(out / "eval_summary.json")
-    recs = []
-    try:
-        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    except OSError:
-        pass
-    train = [r for r in recs if r.get("split") == "train"]
+    train = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "train"]
     if not train or ev is None:
         return ["(the quickstart run left no metrics.jsonl or eval_summary.json: see quickstart.log)"]
     last = train[-1]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from txl_audio.baselines import paired_difference, read_per_file
 from txl_audio.config import load_config
+from txl_audio.plots import read_metrics
 
 RUNS = (("xl", "Transformer-XL"), ("no_memory", "no memory (mem_len 0)"), ("absolute", "absolute positions"))
 
@@ -21,8 +22,7 @@ def table(out: Path, split: str) -> str:
     for name, label in RUNS:
         run = out / name
         s = json.loads((run / f"eval_{split}" / "summary.json").read_text())
-        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        train = [r for r in recs if r.get("split") == "train"]
+        train = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train"]
         m = load_config(run / "config.toml").model
         value = f"{s['perplexity']:.2f}" if "perplexity" in s else f"{s['bits_per_token']:.4f}"
         d = None

@@ -66,7 +66,7 @@ def test_gpu_report_marks_goals_from_the_numbers(tmp_path):
              "batch": b,
              "cached_samples_per_s": rate, "cached_realtime_factor": rate / 16_000} for b, rate in
             ((1, 3_000.0), (64, 40_000.0))]
-    gen = {"dtype": "bf16", "device": "GPU X", "rows": rows}
+    gen = {"dtype": "bf16", "device": "GPU X", "torch": "2.x", "rows": rows}
     (tmp_path / "generate_speed.json").write_text(json.dumps(gen))
     (tmp_path / "summary.txt").write_text("== 10:00:00 machine\nGPU X, 80 GiB\n== 10:00:01 cuda tests\n")
     report = gpu_report.report(tmp_path)
