@@ -44,13 +44,7 @@ else
     txl prepare-audio "$src" --out "$OUT/corpus" --quiet "${prepare[@]}"
 fi
 
-# equal compute: the same number of steps (and so the same batches) for all, no time limit
-common=(--set "train.max_steps=$STEPS" --set "train.max_time=0" --set "train.eval_every=$((STEPS * 10))"
-        --set "train.ckpt_every=$((STEPS * 10))" --no-progress)
-train_run "$CONFIG" "$OUT/xl" "$OUT/corpus" "${common[@]}" "${@:2}"
-train_run "$CONFIG" "$OUT/no_memory" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0
-train_run "$CONFIG" "$OUT/absolute" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0 \
-    --set model.attention=absolute
+train_ablations "$CONFIG" "$OUT" "$STEPS" --no-progress "${@:2}"
 for v in xl no_memory absolute; do
     baselines=(--no-baselines)
     [[ "$v" == xl ]] && baselines=()  # xz and bzip2 once, on the same tokens

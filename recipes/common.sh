@@ -54,3 +54,17 @@ train_run() {
         txl "${args[@]}"
     fi
 }
+
+# train_ablations CONFIG OUT STEPS [train args]: the Transformer-XL and its two ablations into
+# OUT/xl, OUT/no_memory (mem_len 0) and OUT/absolute (absolute positions, no memory), from the corpus
+# in OUT/corpus with equal compute: the same STEPS (and so the same batches) for all, no time limit
+train_ablations() {
+    local config="$1" out="$2" steps="$3"
+    shift 3
+    local common=(--set "train.max_steps=$steps" --set "train.max_time=0"
+                  --set "train.eval_every=$((steps * 10))" --set "train.ckpt_every=$((steps * 10))" "$@")
+    train_run "$config" "$out/xl" "$out/corpus" "${common[@]}"
+    train_run "$config" "$out/no_memory" "$out/corpus" "${common[@]}" --set model.mem_len=0
+    train_run "$config" "$out/absolute" "$out/corpus" "${common[@]}" --set model.mem_len=0 \
+        --set model.attention=absolute
+}

@@ -29,12 +29,7 @@ split_args=()
 [[ -f "$src" && "$FORMAT" != enwik8 && "$FORMAT" != text8 ]] && split_args=(--split-fractions "${SPLIT_FRACTIONS:-0.9,0.1,0}")
 txl prepare-text "$src" --out "$OUT/corpus" --format "$FORMAT" "${split_args[@]}"
 
-# equal compute: the same number of steps (and so the same batches) for all, no time limit
-common=(--set "train.max_steps=$STEPS" --set "train.max_time=0" --set "train.eval_every=$((STEPS * 10))"
-        --set "train.ckpt_every=$((STEPS * 10))")
-train_run "$CONFIG" "$OUT/xl" "$OUT/corpus" "${common[@]}" "${@:2}"
-train_run "$CONFIG" "$OUT/no_memory" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0
-train_run "$CONFIG" "$OUT/absolute" "$OUT/corpus" "${common[@]}" "${@:2}" --set model.mem_len=0 --set model.attention=absolute
+train_ablations "$CONFIG" "$OUT" "$STEPS" "${@:2}"
 for v in xl no_memory absolute; do
     txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split "$EVAL_SPLIT" --stream --no-baselines --no-progress
 done
