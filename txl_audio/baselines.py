@@ -4,6 +4,7 @@ tokens, and bootstrap intervals over files."""
 from __future__ import annotations
 
 import bz2
+import csv
 import lzma
 import math
 import os
@@ -68,8 +69,6 @@ def bootstrap_ci(
 def read_per_file(path) -> dict[str, tuple[int, float]]:
     """An evaluation's ``per_file.csv`` -> {file: (predicted tokens, bits per token)}; the model's
     column is ``bits_per_sample`` (audio), ``bits_per_byte`` or ``bits_per_word`` (text)."""
-    import csv
-
     with open(path, newline="") as f:
         rows = csv.DictReader(f)
         col = next((c for c in rows.fieldnames or [] if c.startswith("bits_per_")), None)
