@@ -11,12 +11,14 @@ from txl_audio.audio import (
     SAMPLE_RATE,
     AudioError,
     audio_info,
+    describe_audio,
     find_audio_files,
     load_audio,
     read_audio,
     resample,
     save_audio,
 )
+from txl_audio.tokenizers import LinearTokenizer
 
 
 def sine(freq=440.0, sr=SAMPLE_RATE, seconds=0.5, amp=0.5):
@@ -248,3 +250,25 @@ def test_find_audio_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         find_audio_files(tmp_path / "nowhere")
     assert all(e.startswith(".") and e == e.lower() for e in AUDIO_EXTENSIONS)
+
+
+def test_describe_audio_levels_clipping_and_codes(tmp_path):
+    # a half-scale square wave with 10% of its samples at full scale: every number is known exactly
+    x = np.where(np.arange(1000) % 2 == 0, 0.5, -0.5).astype(np.float32)
+    x[:100] = 1.0
+    path = tmp_path / "square.wav"
+    sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
+    d, counts = describe_audio(path, LinearTokenizer(8))
+    assert (d["format"], d["subtype"], d["frames"], d["tokens"]) == ("WAV", "FLOAT", 1000, 1000)
+    assert d["tokenizer"] == {"type": "linear", "bits": 8} and d["token_rate"] == SAMPLE_RATE
+    assert d["full_scale_share"] == pytest.approx(0.1)
+    assert d["peak_dbfs"] == pytest.approx(0.0, abs=1e-6)
+    assert d["rms_dbfs"] == pytest.approx(10 * np.log10(0.1 * 1.0 + 0.9 * 0.25))
+    # codes: 1.0 clips to the top level 255, +0.5 -> 192, -0.5 -> 64
+    assert {int(i): counts[i] for i in np.flatnonzero(counts)} == {64: 450, 192: 450, 255: 100}
+    assert d["codes_used"] == 3 and d["most_common_code"] == 64 and d["most_common_share"] == 0.45
+    p = np.array([0.45, 0.45, 0.1])
+    assert d["entropy_bits"] == pytest.approx(float(-(p * np.log2(p)).sum()))
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(100, np.float32), SAMPLE_RATE)
+    assert describe_audio(silent, LinearTokenizer(8))[0]["peak_dbfs"] == -np.inf

@@ -232,3 +232,22 @@ def test_enwik8_text8_small_file_proportional(tmp_path, fmt):
     else:
         lengths = [len(p) for p in parts]
     assert lengths == [int(units * 0.9), int(units * 0.95) - int(units * 0.9), units - int(units * 0.95)]
+
+
+def test_prepare_audio_cli_accepts_mulaw16(tmp_path, capsys):
+    # every audio tokenizer tokenizers.py offers is accepted by the command (mulaw16 was refused)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        wave = tone(400 + 50 * i, f=200.0 + 100 * i, seed=i)
+        sf.write(src / f"clip{i}.wav", wave, 16_000, subtype="PCM_16")
+    out = tmp_path / "corpus"
+    assert main(["prepare-audio", str(src), "--out", str(out), "--tokenizer", "mulaw16", "--split-by", "file",
+                 "--valid", "0", "--test", "0", "--workers", "1", "--quiet"]) == 0
+    assert "prepared" in capsys.readouterr().out
+    corpus = Corpus(out)
+    assert corpus.meta["tokenizer"] == {"type": "mulaw", "bits": 16}
+    tok = MuLawTokenizer(16)
+    for f in corpus.files("train"):
+        got = np.asarray(corpus.tokens("train")[f["offset"]:f["offset"] + f["length"]])
+        assert np.array_equal(got, tok.encode(load_audio(f["path"])))

@@ -12,18 +12,21 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from txl_audio.tokenizers import (
+    AUDIO_TOKENIZERS,
+    TOKENIZER_NAMES,
     ByteTokenizer,
     LinearTokenizer,
     MuLawTokenizer,
     WordTokenizer,
     make_tokenizer,
+    metric_name,
     token_dtype,
     tokenizer_from_dict,
 )
 
 MULAW_BITS = [8, 10, 16]
-AUDIO_TOKENIZERS = [MuLawTokenizer(b) for b in MULAW_BITS] + [LinearTokenizer(8), LinearTokenizer(16)]
-IDS = [repr(t) for t in AUDIO_TOKENIZERS]
+AUDIO_TOKS = [MuLawTokenizer(b) for b in MULAW_BITS] + [LinearTokenizer(8), LinearTokenizer(16)]
+IDS = [repr(t) for t in AUDIO_TOKS]
 
 unit_floats = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False, width=32)
 waves = arrays(np.float32, st.integers(1, 300), elements=unit_floats)
@@ -98,7 +101,7 @@ def test_librosa_quantized_bins_differ():
     assert np.abs(ours - theirs).max() == 1
 
 
-@pytest.mark.parametrize("tok", AUDIO_TOKENIZERS, ids=IDS)
+@pytest.mark.parametrize("tok", AUDIO_TOKS, ids=IDS)
 def test_roundtrip_within_documented_bound_dense(tok):
     x = dense_grid()
     err = np.abs(tok.decode(tok.encode(x)).astype(np.float64) - x)
@@ -108,10 +111,10 @@ def test_roundtrip_within_documented_bound_dense(tok):
     assert np.max(err / bound) > 0.5
 
 
-@given(waves, st.sampled_from(range(len(AUDIO_TOKENIZERS))))
+@given(waves, st.sampled_from(range(len(AUDIO_TOKS))))
 @settings(max_examples=80, deadline=None)
 def test_roundtrip_within_documented_bound_hypothesis(x, i):
-    tok = AUDIO_TOKENIZERS[i]
+    tok = AUDIO_TOKS[i]
     err = np.abs(tok.decode(tok.encode(x)).astype(np.float64) - x.astype(np.float64))
     assert (err <= tok.max_roundtrip_error(x)).all()
 
@@ -122,17 +125,17 @@ def test_mulaw8_bound_values():
     assert b[0] == pytest.approx(8.7e-5, rel=0.02) and b[1] == pytest.approx(0.0223, rel=0.01)
 
 
-@pytest.mark.parametrize("tok", AUDIO_TOKENIZERS, ids=IDS)
+@pytest.mark.parametrize("tok", AUDIO_TOKS, ids=IDS)
 def test_decode_is_fixed_point(tok):
     """encode(decode(c)) == c for every code: each code's value lies inside its own bin."""
     codes = np.arange(tok.vocab_size)
     np.testing.assert_array_equal(tok.encode(tok.decode(codes)).astype(np.int64), codes)
 
 
-@given(waves, st.sampled_from(range(len(AUDIO_TOKENIZERS))))
+@given(waves, st.sampled_from(range(len(AUDIO_TOKS))))
 @settings(max_examples=60, deadline=None)
 def test_numpy_and_torch_agree(x, i):
-    tok = AUDIO_TOKENIZERS[i]
+    tok = AUDIO_TOKS[i]
     c_np = tok.encode(x)
     c_t = tok.encode(torch.from_numpy(x))
     assert c_t.dtype == torch.int64 and c_np.dtype == token_dtype(tok.vocab_size)
@@ -142,7 +145,7 @@ def test_numpy_and_torch_agree(x, i):
     np.testing.assert_array_equal(d_t.numpy(), tok.decode(c_np))
 
 
-@pytest.mark.parametrize("tok", AUDIO_TOKENIZERS, ids=IDS)
+@pytest.mark.parametrize("tok", AUDIO_TOKS, ids=IDS)
 def test_shapes_and_kinds_preserved(tok):
     x = np.random.default_rng(0).uniform(-1, 1, (3, 4, 5)).astype(np.float32)
     c = tok.encode(x)
@@ -154,7 +157,7 @@ def test_shapes_and_kinds_preserved(tok):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("tok", AUDIO_TOKENIZERS, ids=IDS)
+@pytest.mark.parametrize("tok", AUDIO_TOKS, ids=IDS)
 def test_cuda_matches_numpy(tok):
     x = np.random.default_rng(1).uniform(-1.2, 1.2, 100_000).astype(np.float32)
     c = tok.encode(torch.from_numpy(x).cuda())
@@ -165,7 +168,7 @@ def test_cuda_matches_numpy(tok):
     np.testing.assert_array_equal(d.cpu().numpy(), tok.decode(tok.encode(x)))
 
 
-@pytest.mark.parametrize("tok", AUDIO_TOKENIZERS, ids=IDS)
+@pytest.mark.parametrize("tok", AUDIO_TOKS, ids=IDS)
 def test_encode_monotonic(tok):
     x = np.sort(np.concatenate([dense_grid(), np.random.default_rng(2).uniform(-1, 1, 50_000)]))
     c = tok.encode(x).astype(np.int64)
@@ -176,15 +179,15 @@ def test_encode_monotonic(tok):
 
 
 @given(st.lists(st.floats(min_value=-1.0, max_value=1.0, allow_nan=False), min_size=2, max_size=50),
-       st.sampled_from(range(len(AUDIO_TOKENIZERS))))
+       st.sampled_from(range(len(AUDIO_TOKS))))
 @settings(max_examples=60, deadline=None)
 def test_encode_monotonic_hypothesis(values, i):
-    tok = AUDIO_TOKENIZERS[i]
+    tok = AUDIO_TOKS[i]
     x = np.sort(np.array(values))
     assert (np.diff(tok.encode(x).astype(np.int64)) >= 0).all()
 
 
-@pytest.mark.parametrize("tok", AUDIO_TOKENIZERS, ids=IDS)
+@pytest.mark.parametrize("tok", AUDIO_TOKS, ids=IDS)
 def test_outside_range_is_clipped(tok):
     x = np.array([-7.0, -1.0000001, -1.0, 1.0, 1.5, np.inf, -np.inf])
     c = tok.encode(x).astype(np.int64)
@@ -193,7 +196,7 @@ def test_outside_range_is_clipped(tok):
     np.testing.assert_array_equal(tok.encode(torch.tensor(x)).numpy(), c)
 
 
-@pytest.mark.parametrize("tok", AUDIO_TOKENIZERS, ids=IDS)
+@pytest.mark.parametrize("tok", AUDIO_TOKS, ids=IDS)
 def test_nan_raises(tok):
     x = np.array([0.1, np.nan, 0.2], dtype=np.float32)
     with pytest.raises(ValueError, match="NaN"):
@@ -255,6 +258,18 @@ def test_make_tokenizer_and_dict_roundtrip(name, cls, vocab):
     again = tokenizer_from_dict(d)
     assert type(again) is cls and again.to_dict() == tok.to_dict() and again.vocab_size == vocab
     assert tok.unit == ("byte" if name == "bytes" else "sample")
+
+
+def test_tokenizer_names_and_metric_names():
+    # the one list every audio command offers: each name makes an audio tokenizer
+    assert TOKENIZER_NAMES == (*AUDIO_TOKENIZERS, "bytes")
+    assert [make_tokenizer(n).to_dict() for n in AUDIO_TOKENIZERS] == [t.to_dict() for t in AUDIO_TOKS]
+    assert all(make_tokenizer(n).unit == "sample" for n in AUDIO_TOKENIZERS)
+    assert metric_name(MuLawTokenizer(8).unit) == "bits per sample"
+    assert metric_name(ByteTokenizer().unit) == "bits per character"
+    assert metric_name(WordTokenizer.build(["a b"]).unit) == "bits per word"
+    with pytest.raises(ValueError, match="unknown tokenizer unit 'token'"):
+        metric_name("token")
 
 
 def test_make_tokenizer_unknown_name():

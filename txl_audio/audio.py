@@ -1,4 +1,5 @@
-"""Audio in and out: any file soundfile reads -> mono float32 in [-1, 1] at ``SAMPLE_RATE``.
+"""Audio in and out: any file soundfile reads -> mono float32 in [-1, 1] at ``SAMPLE_RATE``; save;
+:func:`describe_audio` for the facts ``txl-audio info`` shows (level, clipping, the codes' entropy).
 
 Every problem with a file is raised as :class:`AudioError` naming the path and what was wrong, so a
 caller (a command, corpus preparation) can report it in one line and go on with the other files.
@@ -11,8 +12,14 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile as sf
+
+from txl_audio.tokenizers import Tokenizer, code_counts, unigram_entropy
+
+# librosa (>= 0.10) loads its submodules on first use, so importing it here is free (about 1 ms); the
+# first resample pays about 1.4 s (numba, scipy; 2-core CPU), and only when a file needs resampling.
 
 SAMPLE_RATE = 16_000
 
@@ -27,6 +34,9 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (
 # float); peaks in (1, MAX_FLOAT_PEAK] are ordinary overshoot of processed audio and are clipped to
 # [-1, 1], as writing the file to integer PCM would do. 2.0 is +6 dB over full scale.
 MAX_FLOAT_PEAK = 2.0
+
+# |x| at or above this after loading counts as full scale, i.e. (very likely) clipped
+FULL_SCALE = 0.999
 
 _SAVE_SUBTYPES = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
 
@@ -49,10 +59,6 @@ class AudioInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _is_float_subtype(subtype: str) -> bool:
-    return subtype in ("FLOAT", "DOUBLE")
 
 
 def _open_error(path: Path, e: Exception) -> AudioError:
@@ -151,11 +157,41 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return np.asarray(wave, dtype=np.float32)
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
-    import librosa  # imported here: it takes a while and only resampling needs it
-
     out = librosa.resample(np.asarray(wave, dtype=np.float32), orig_sr=orig_sr, target_sr=target_sr,
                            res_type="soxr_hq")
     return out.astype(np.float32, copy=False)
+
+
+def describe_audio(path: str | Path, tokenizer: Tokenizer,
+                   sample_rate: int = SAMPLE_RATE) -> tuple[dict, np.ndarray]:
+    """What an audio file is and what ``tokenizer`` (an audio tokenizer) makes of it.
+
+    Returns ``(facts, counts)``: facts are the file's header (:class:`AudioInfo`) plus, for the waveform
+    as loaded at ``sample_rate``: ``tokenizer`` (its dict), ``token_rate``, ``tokens``, ``entropy_bits``
+    (unigram entropy of the codes), ``codes_used``, ``most_common_code`` and its ``most_common_share``,
+    ``full_scale_share`` (fraction of samples at or above FULL_SCALE: clipping), ``peak_dbfs`` and
+    ``rms_dbfs``; counts are how often each code occurs (for totals over several files). Raises
+    AudioError as :func:`read_audio` does.
+    """
+    wave, info = read_audio(path, sample_rate)
+    codes = tokenizer.encode(wave)
+    counts = code_counts(codes, tokenizer.vocab_size)
+    peak = float(np.abs(wave).max())
+    rms = float(np.sqrt(np.mean(wave.astype(np.float64) ** 2)))
+    d = info.to_dict()
+    d.update(
+        tokenizer=tokenizer.to_dict(), token_rate=sample_rate, tokens=int(codes.size),
+        entropy_bits=unigram_entropy(counts), codes_used=int(np.count_nonzero(counts)),
+        most_common_code=int(np.argmax(counts)), most_common_share=float(counts.max() / codes.size),
+        full_scale_share=float(np.mean(np.abs(wave) >= FULL_SCALE)),
+        peak_dbfs=_dbfs(peak), rms_dbfs=_dbfs(rms),
+    )
+    return d, counts
+
+
+def _dbfs(v: float) -> float:
+    """Level relative to full scale (1.0) in dB; -inf for silence."""
+    return 20 * math.log10(v) if v > 0 else -math.inf
 
 
 def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

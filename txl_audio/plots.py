@@ -1,6 +1,7 @@
 """Plots as PNG files (matplotlib, Agg backend: no display needed).
 
 A set of independent functions, one per figure; each takes plain data or a file path and writes one PNG.
+Spectrograms are in :mod:`txl_audio.spectrogram` (they need torch; these figures do not).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+
+from txl_audio.tokenizers import metric_name
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,9 +39,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def _metric_of(records: list[dict[str, Any]]) -> tuple[str, str]:
     """(key, axis label): bits when the run reports bits (audio, characters), else loss in nats."""
     if any("bits" in r for r in records):
-        unit = next((r.get("unit") for r in records if r.get("unit")), None)
-        label = {"sample": "bits per sample", "byte": "bits per character"}.get(unit, "bits per token")
-        return "bits", label
+        unit = next((r["unit"] for r in records if r.get("unit")), None)
+        return "bits", metric_name(unit) if unit else "bits per token"
     return "loss_nats", "loss (nats per token)"
 
 
@@ -174,8 +176,3 @@ def plot_nll_vs_position(
         title,
         out_path,
     )
-
-
-# Spectrograms (log-mel via torch.stft) live in txl_audio/spectrogram.py; re-exported so every figure
-# function is found here.
-from txl_audio.spectrogram import log_mel_spectrogram, plot_spectrogram  # noqa: E402, F401

@@ -21,11 +21,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from txl_audio.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, find_audio_files, read_audio
 from txl_audio.data import SPLITS, CorpusWriter, check_replaceable
+from txl_audio.tokenizers import AUDIO_TOKENIZERS, ByteTokenizer, WordTokenizer, make_tokenizer
 
 # Speech Commands names files SPEAKER_nohash_N.wav, SPEAKER being 8 hex digits
 DEFAULT_SPEAKER_REGEX = r"([0-9a-f]{8})_nohash_"
-AUDIO_TOKENIZERS = ("mulaw8", "mulaw10", "linear8", "linear16")
 TEXT_FORMATS = ("words", "bytes", "enwik8", "text8")
 # enwik8 / text8 convention (Mahoney's files, as in Al-Rfou et al. 2019 and Dai et al. 2019)
 STANDARD_SPLIT = (90_000_000, 5_000_000, 5_000_000)
@@ -98,8 +99,6 @@ def collect_audio_sources(inputs: Sequence[str | Path]) -> list[AudioSource]:
     """Audio files from folders (recursive), manifests (.txt: one path per line; .csv: a ``path``
     column; relative paths are relative to the manifest) and single audio files; duplicates removed,
     sorted by path."""
-    from txl_audio.audio import AUDIO_EXTENSIONS, find_audio_files
-
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     if not inputs:
@@ -174,9 +173,6 @@ _worker_tokenizers: dict[str, Any] = {}
 
 def _tokenize_file(job: tuple[str, str]) -> tuple:
     """Worker: (path, tokenizer name) -> ("ok", codes, rate, channels, subtype) or ("bad", reason)."""
-    from txl_audio.audio import read_audio
-    from txl_audio.tokenizers import make_tokenizer
-
     path, tok_name = job
     tok = _worker_tokenizers.get(tok_name)
     if tok is None:
@@ -229,9 +225,6 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
     """Decode every audio file of ``inputs`` (mono, 16 kHz), tokenize it, and write a corpus to
     ``out_dir`` split by a stable hash of the speaker (or file). Bad files are skipped and listed in
     ``out_dir/skipped.tsv``; with ``strict`` the first one raises PrepareError and nothing is written."""
-    from txl_audio.audio import SAMPLE_RATE
-    from txl_audio.tokenizers import make_tokenizer
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if tokenizer not in AUDIO_TOKENIZERS:
@@ -364,8 +357,6 @@ def prepare_text(out_dir: str | Path, format: str = "words", input: str | Path |
     - ``enwik8``: one file, first 90M bytes train, next 5M valid, the rest (5M) test.
     - ``text8``: the same on characters. Smaller files are cut proportionally 90% / 5% / 5%.
     """
-    from txl_audio.tokenizers import ByteTokenizer, WordTokenizer
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if format not in TEXT_FORMATS:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import librosa
+import matplotlib
 import numpy as np
 import torch
 
 from txl_audio.audio import SAMPLE_RATE
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def log_mel_spectrogram(
@@ -21,8 +26,6 @@ def log_mel_spectrogram(
     """Power mel spectrogram in dB, ``(n_mels, frames)`` float32; a Hann window of n_fft samples every
     hop_length samples (64 ms / 10 ms at 16 kHz), mel filters from librosa (Slaney-normalized),
     10 log10 of the filtered power spectrum (normalized by the window's sum), floored at ``floor_db``."""
-    import librosa
-
     x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(-1)
     if x.numel() < n_fft:  # short clips: pad so there is at least one frame
         x = torch.nn.functional.pad(x, (0, n_fft - x.numel()))
@@ -44,11 +47,6 @@ def plot_spectrogram(
 ) -> Path:
     """Write a PNG of the waveform's log-mel spectrogram; ``boundary_seconds`` draws a dashed line
     (e.g. where a prompt ends and the generated continuation begins)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     hop = 160
     db = log_mel_spectrogram(wave, sample_rate, hop_length=hop)
     duration = np.asarray(wave).size / sample_rate

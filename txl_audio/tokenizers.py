@@ -23,6 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# torch is imported inside the torch paths only: `import torch` takes about 1.1 s (2-core CPU,
+# python -X importtime), and numpy callers (prepare's worker processes, `txl-audio info`) never need it.
+
 
 class Tokenizer(Protocol):
     vocab_size: int
@@ -378,7 +381,24 @@ def unigram_entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-TOKENIZER_NAMES = ("mulaw8", "mulaw10", "mulaw16", "linear8", "linear16", "bytes")
+# The names every command that takes an audio tokenizer offers (make_tokenizer also parses other bit
+# depths, e.g. mulaw12, for library callers).
+AUDIO_TOKENIZERS = ("mulaw8", "mulaw10", "mulaw16", "linear8", "linear16")
+TOKENIZER_NAMES = (*AUDIO_TOKENIZERS, "bytes")
+
+# How a loss per token is reported for each tokenizer unit (bytes of text are read as characters, as
+# for enwik8 / text8)
+_METRIC_NAMES = {"sample": "bits per sample", "byte": "bits per character", "word": "bits per word"}
+
+
+def metric_name(unit: str) -> str:
+    """The label of a loss in bits per token for a tokenizer's ``unit``: "bits per sample" (audio),
+    "bits per character" (bytes) or "bits per word"; ValueError for any other unit."""
+    try:
+        return _METRIC_NAMES[unit]
+    except KeyError:
+        raise ValueError(f"unknown tokenizer unit {unit!r}; expected one of {', '.join(_METRIC_NAMES)}"
+                         ) from None
 
 
 def make_tokenizer(name: str) -> MuLawTokenizer | LinearTokenizer | ByteTokenizer:

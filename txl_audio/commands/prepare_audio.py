@@ -7,10 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from txl_audio.prepare import DEFAULT_SPEAKER_REGEX, prepare_audio
+from txl_audio.tokenizers import AUDIO_TOKENIZERS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from txl_audio.prepare import AUDIO_TOKENIZERS, DEFAULT_SPEAKER_REGEX
-
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio folder (searched recursively), audio file, or manifest: .txt with one path "
                         "per line or .csv with a 'path' column (relative paths are relative to the manifest)")
@@ -34,8 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from txl_audio.prepare import prepare_audio
-
     report = prepare_audio(args.inputs, args.out, tokenizer=args.tokenizer, split_by=args.split_by,
                            valid=args.valid, test=args.test, speaker_regex=args.speaker_regex,
                            strict=args.strict, workers=args.workers, progress=not args.quiet)

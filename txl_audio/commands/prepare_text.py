@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from txl_audio.prepare import TEXT_FORMATS, prepare_text
+
 
 def _fractions(text: str) -> tuple[float, float, float]:
     try:
@@ -18,8 +20,6 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from txl_audio.prepare import TEXT_FORMATS
-
     p.add_argument("input", nargs="?", type=Path, default=None, metavar="INPUT",
                    help="a folder with NAME.{train,valid,test}.{txt,tokens} (PTB, WikiText), or one text "
                         "file to cut into splits")
@@ -39,8 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from txl_audio.prepare import prepare_text
-
     report = prepare_text(args.out, format=args.format, input=args.input, train=args.train,
                           valid=args.valid, test=args.test, split_fractions=args.split_fractions,
                           min_count=args.min_count, max_vocab=args.max_vocab)

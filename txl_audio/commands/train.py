@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
+
+from txl_audio.config import load_config
+from txl_audio.tokenizers import metric_name
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from txl_audio.config import load_config
-    from txl_audio.train import train
+    from txl_audio.train import train  # torch: see commands/__init__.py
 
     config_path = args.config
     if config_path is None:
@@ -36,13 +39,11 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{config_path}: no config.toml in the run directory; pass --config")
     config = load_config(config_path, args.overrides)
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         v = result.valid
         if v:
-            shown = (f"{v['bits']:.4f} bits per {'sample' if v.get('unit') == 'sample' else 'character'}"
-                     if "bits" in v else f"perplexity {v['ppl']:.2f}")
+            shown = (f"{v['bits']:.4f} {metric_name(v['unit'])}" if "bits" in v
+                     else f"perplexity {v['ppl']:.2f}")
             print(f"step {result.step} ({result.stopped_by}): valid {shown} ({v['tokens']:,} tokens, "
                   f"mem_len {v['mem_len']}); best loss {result.best_valid_loss:.4f} nats")
         else:
