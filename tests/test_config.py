@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txl_audio.config import (
+    ConfigError,
     DataConfig,
+    Lengths,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -44,7 +46,7 @@ def test_nondefault_values_roundtrip(tmp_path):
     save_config(cfg, path)
     again = load_config(path)
     assert again == cfg
-    assert again.model.cutoffs == [2000, 10000] and isinstance(again.train.lr, float)
+    assert again.model.cutoffs == (2000, 10000) and isinstance(again.train.lr, float)
     # and the dict form (what checkpoints store) rebuilds the same
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -57,7 +59,7 @@ def test_roundtrip_any_string_and_number(corpus, lr, cutoffs):
     d = RunConfig(model=ModelConfig(cutoffs=cutoffs), data=DataConfig(corpus=corpus),
                   train=TrainConfig(lr=lr)).to_dict()
     again = RunConfig.from_dict(tomllib.loads(dump_toml(d)))
-    assert again.data.corpus == corpus and again.train.lr == lr and again.model.cutoffs == cutoffs
+    assert again.data.corpus == corpus and again.train.lr == lr and again.model.cutoffs == tuple(cutoffs)
 
 
 def test_overrides_are_typed_like_toml():
@@ -69,6 +71,7 @@ def test_overrides_are_typed_like_toml():
                  "data": {"corpus": "runs/x y", "train_split": "train2"}}
     cfg = RunConfig.from_dict(d)
     assert cfg.model.n_layer == 3 and cfg.train.compile is True and cfg.data.corpus == "runs/x y"
+    assert cfg.model.cutoffs == (10, 20)
     assert parse_value("1") == 1 and parse_value("1.0") == 1.0 and parse_value("abc") == "abc"
     assert parse_value("a=b") == "a=b"  # not TOML: kept as text
 
@@ -128,3 +131,68 @@ def test_every_field_is_written():
         assert f"[{section}]" in text
         for f in dataclasses.fields(cls):
             assert f"\n{f.name} = " in text
+
+
+# ---- every value is checked against its field's type ----
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("model.n_layer=four", 'model.n_layer="four": expected an integer, got str'),
+    ('train.lr="1e-3"', 'train.lr="1e-3": expected a number, got str'),
+    ("model.dropout=true", "model.dropout=true: expected a number, got bool"),
+    ("model.n_layer=2.5", "model.n_layer=2.5: expected an integer, got float"),
+    ("train.compile=1", "train.compile=1: expected true or false, got int"),
+    ("data.corpus=3", "data.corpus=3: expected a string, got int"),
+    ("model.cutoffs=[10, 2.5]", "model.cutoffs=[10, 2.5]: expected a list of integers, got list"),
+    ("model.cutoffs=7", "model.cutoffs=7: expected a list of integers, got int"),
+])
+def test_values_are_checked_against_their_field_type(override, shown):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == shown
+
+
+def test_an_int_is_a_float_and_nothing_else_is_coerced(tmp_path):
+    cfg = load_config(None, ["train.lr=1", "train.max_time=60", "model.cutoffs=[5, 9]"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float) and isinstance(cfg.train.max_time, float)
+    assert cfg.model.cutoffs == (5, 9)
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nn_layer = "4"\n')
+    with pytest.raises(ConfigError, match='model.n_layer="4": expected an integer'):
+        load_config(path)
+    with pytest.raises(ConfigError, match="train.seed=true: expected an integer, got bool"):
+        TrainConfig(seed=True)  # the Python API is checked too
+
+
+def test_configs_are_frozen_and_lengths_are_per_call():
+    cfg = ModelConfig(mem_len=16, tgt_len=8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mem_len = 32
+    assert cfg.lengths() == Lengths(16, 8, -1, False)
+    assert cfg.lengths(mem_len=64, same_length=True) == Lengths(64, 8, -1, True) and cfg.mem_len == 16
+    absolute = ModelConfig(attention="absolute", mem_len=0, tgt_len=8)
+    with pytest.raises(ValueError, match="no recurrence memory"):
+        absolute.lengths(mem_len=4)
+    with pytest.raises(ValueError, match="tgt-len <= 8"):
+        absolute.lengths(tgt_len=16)
+    with pytest.raises(ValueError, match="mem_len >= 0"):
+        Lengths(-1, 8)
+
+
+@pytest.mark.parametrize("override", ["model.n_layer=four", 'train.lr="1e-3"', "model.dropout=true"])
+def test_train_command_reports_a_bad_value_in_one_line_and_writes_nothing(tmp_path, capsys, override):
+    from txl_audio.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(save_default(tmp_path)), "--set", override, "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("txl-audio train: error: ") and "expected" in err
+    assert override.split("=")[0] in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def save_default(folder):
+    path = folder / "c.toml"
+    save_config(RunConfig(), path)
+    return path

@@ -4,18 +4,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from txl_audio import __version__
+from txl_audio.commands import context, evaluate, generate, info, prepare_audio, prepare_text, train
+from txl_audio.config import ConfigError
 
 # subcommand -> (module in txl_audio.commands, one-line help)
 COMMANDS = {
-    "info": ("info", "show audio files' format and what the tokenizer makes of them"),
-    "prepare-audio": ("prepare_audio", "audio folder or manifest -> token shards"),
-    "prepare-text": ("prepare_text", "text corpus -> token shards"),
-    "train": ("train", "train a model from a TOML config"),
-    "evaluate": ("evaluate", "likelihood of held-out data under a checkpoint"),
-    "context": ("context", "how the likelihood improves with context length"),
-    "generate": ("generate", "sample audio from a checkpoint"),
+    "info": (info, "show audio files' format and what the tokenizer makes of them"),
+    "prepare-audio": (prepare_audio, "audio folder or manifest -> token shards"),
+    "prepare-text": (prepare_text, "text corpus -> token shards"),
+    "train": (train, "train a model from a TOML config"),
+    "evaluate": (evaluate, "likelihood of held-out data under a checkpoint"),
+    "context": (context, "how the likelihood improves with context length"),
+    "generate": (generate, "sample audio (or text, from a text model) from a checkpoint"),
 }
 
 
@@ -24,20 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="txl-audio",
         description="Sample-level audio (and text) language modelling with Transformer-XL.",
     )
-    from txl_audio import __version__
-
     parser.add_argument("--version", action="version", version=f"txl-audio {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"txl_audio.commands.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"txl_audio.commands.{module}":
-                raise
-            continue  # not built yet
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
     return parser
 
 
@@ -52,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ConfigError as e:
+        # a bad config value, key or file: a usage error, like argparse's (exit 2), found before
+        # anything is written
+        print(f"txl-audio {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # our library raises these with messages meant for the user (path, problem, what to do)
         print(f"txl-audio {args.command}: error: {e}", file=sys.stderr)

@@ -1,6 +1,14 @@
-"""Configuration as data: one dataclass per concern, TOML files, dotted command-line overrides.
+"""Configuration as data: one frozen dataclass per concern, TOML files, typed dotted overrides.
 
-Every checkpoint stores ``asdict(config)``; ``ModelConfig(**d)`` rebuilds it.
+Every checkpoint stores ``asdict(config)``; ``ModelConfig(**d)`` rebuilds it. Configs are frozen: the
+architecture a checkpoint was trained with never changes under it. What may differ per call (how
+much memory and how long a segment evaluation or decoding uses) is a :class:`Lengths` value passed to
+the model (``model(tokens, memory, lengths=...)``, ``model.init_cache(..., lengths=...)``); derive
+one from the trained values with :meth:`ModelConfig.lengths`.
+
+Every value is checked against its field's type when a config is made (from TOML, ``--set``, a
+checkpoint or Python): an int is accepted for a float, nothing else is coerced, and a bad value is a
+:class:`ConfigError` naming the key, the value and the expected type.
 """
 
 from __future__ import annotations
@@ -8,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +27,86 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@dataclass
-class ModelConfig:
+class ConfigError(ValueError):
+    """A config value, key or file that cannot be used; the message names it (the command exits 2)."""
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a list of integers"
+    return _TYPE_NAMES.get(hint, str(hint))
+
+
+def _check_value(hint: Any, value: Any) -> tuple[bool, Any]:
+    """(value fits hint, value normalised): ints become floats for float fields, lists tuples."""
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return ok, tuple(value) if ok else value
+    raise TypeError(f"config field type {hint!r} is not supported")  # pragma: no cover
+
+
+def _shown(value: Any) -> str:
+    """A value as TOML / --set would write it (true, "text", [1, 2])."""
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return repr(value)
+
+
+class _Typed:
+    """Checks every field against its type hint after __init__ (see the module docstring)."""
+
+    SECTION = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            ok, value = _check_value(hints[f.name], value)
+            if not ok:
+                raise ConfigError(f"{self.SECTION}.{f.name}={_shown(value)}: expected "
+                                  f"{_type_name(hints[f.name])}, got {type(value).__name__}")
+            object.__setattr__(self, f.name, value)  # frozen: the normalised value
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """How much context one call of the model reads; may differ from training in evaluation and decoding.
+
+    ``tgt_len``: tokens per segment (forward pass); ``mem_len``: hidden states carried to the next
+    segment (a prediction attends to up to mem_len + tgt_len tokens); ``clamp_len``: relative distances
+    beyond it share one embedding (-1 = off); ``same_length``: every query attends over the same
+    number of keys (at most mem_len)."""
+
+    mem_len: int
+    tgt_len: int
+    clamp_len: int = -1
+    same_length: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mem_len < 0 or self.tgt_len <= 0:
+            raise ValueError(f"lengths need mem_len >= 0 and tgt_len > 0, got mem_len={self.mem_len}, "
+                             f"tgt_len={self.tgt_len}")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Typed):
     """Transformer-XL hyper-parameters (names follow Dai et al. 2019)."""
+
+    SECTION = "model"
 
     vocab_size: int = 256
     n_layer: int = 4
@@ -37,28 +123,59 @@ class ModelConfig:
     pre_norm: bool = False  # LayerNorm before each sublayer (the paper is post-norm)
     tie_weights: bool = True  # output projection shares the input embedding
     attention: str = "relative"  # "relative" (the paper's) or "absolute" (vanilla Transformer, mem_len = 0)
-    cutoffs: list[int] = field(default_factory=list)  # adaptive softmax/input cluster cutoffs; [] = full
+    cutoffs: tuple[int, ...] = ()  # adaptive softmax/input cluster cutoffs; () = full softmax
     div_val: int = 1  # adaptive embedding size divisor per cluster
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.attention not in ("relative", "absolute"):
-            raise ValueError(f"model.attention must be 'relative' or 'absolute', got {self.attention!r}")
+            raise ConfigError(f"model.attention must be 'relative' or 'absolute', got {self.attention!r}")
         if self.attention == "absolute" and self.mem_len != 0:
-            raise ValueError(
+            raise ConfigError(
                 "model.attention='absolute' is the vanilla Transformer baseline and has no recurrence "
                 f"memory: set model.mem_len=0 (got {self.mem_len})"
             )
         for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_head", "d_inner", "tgt_len"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.mem_len < 0:
-            raise ValueError(f"model.mem_len must be >= 0, got {self.mem_len}")
+            raise ConfigError(f"model.mem_len must be >= 0, got {self.mem_len}")
+
+    def lengths(
+        self,
+        mem_len: int | None = None,
+        tgt_len: int | None = None,
+        clamp_len: int | None = None,
+        same_length: bool | None = None,
+    ) -> Lengths:
+        """The trained lengths with the given ones replaced (None keeps the trained value), checked
+        against what this architecture can do."""
+        new = Lengths(
+            self.mem_len if mem_len is None else int(mem_len),
+            self.tgt_len if tgt_len is None else int(tgt_len),
+            self.clamp_len if clamp_len is None else int(clamp_len),
+            self.same_length if same_length is None else bool(same_length),
+        )
+        if self.attention == "absolute":
+            if new.mem_len != 0:
+                raise ValueError(
+                    "this is the absolute-position baseline: it has no recurrence memory and can only be "
+                    f"evaluated with mem_len 0 (got --mem-len {new.mem_len})"
+                )
+            if new.tgt_len > self.tgt_len:
+                raise ValueError(
+                    f"the absolute-position baseline learned positions 0..{self.tgt_len - 1} only: "
+                    f"evaluate it with --tgt-len <= {self.tgt_len} (got {new.tgt_len})"
+                )
+        return new
 
 
-@dataclass
-class DataConfig:
+@dataclass(frozen=True)
+class DataConfig(_Typed):
     """Where the prepared corpus is and how it is streamed."""
+
+    SECTION = "data"
 
     corpus: str = "runs/demo/corpus"  # a folder written by prepare-audio / prepare-text
     train_split: str = "train"
@@ -68,9 +185,11 @@ class DataConfig:
     max_eval_tokens: int = 0  # cap on validation tokens per evaluation (0 = whole split)
 
 
-@dataclass
-class TrainConfig:
+@dataclass(frozen=True)
+class TrainConfig(_Typed):
     """Optimisation and run control."""
+
+    SECTION = "train"
 
     seed: int = 0
     batch_size: int = 8  # streams per step (global, over all processes)
@@ -96,7 +215,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads per process (0 = all cores, shared among local processes)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -109,19 +228,23 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         unknown = set(d) - {"model", "data", "train"}
         if unknown:
-            raise ValueError(f"unknown config section(s): {sorted(unknown)}; expected model, data, train")
+            raise ConfigError(f"unknown config section(s): {sorted(unknown)}; expected model, data, train")
         return cls(
             model=_build(ModelConfig, d.get("model", {}), "model"),
             data=_build(DataConfig, d.get("data", {}), "data"),
             train=_build(TrainConfig, d.get("train", {}), "train"),
         )
 
+    def with_overrides(self, overrides: list[str]) -> RunConfig:
+        """A new config with ``section.key=value`` strings applied (checked like ``--set``)."""
+        return RunConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
 
 def _build(cls, d: dict[str, Any], section: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise ValueError(f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(names)}")
     return cls(**d)
 
 
@@ -139,11 +262,11 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = json.loads(json.dumps(d))
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form section.key=value")
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if len(parts) != 2:
-            raise ValueError(f"override key {key!r} must be section.key, e.g. model.n_layer")
+            raise ConfigError(f"override key {key!r} must be section.key, e.g. model.n_layer")
         section, name = parts
         out.setdefault(section, {})[name] = parse_value(value.strip())
     return out
@@ -157,9 +280,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             d = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"config file not found: {path}") from None
+            raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     return RunConfig.from_dict(apply_overrides(d, overrides or []))
 
 
