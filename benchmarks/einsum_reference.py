@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from txl_audio.config import ModelConfig
-from txl_audio.model import IGNORE_INDEX, ModelOutput, TransformerXL
+from txl_audio.data import IGNORE_INDEX
+from txl_audio.model import ModelOutput, TransformerXL
 
 
 def _sinusoid(pos: Tensor, dim: int) -> Tensor:

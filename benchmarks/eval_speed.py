@@ -61,11 +61,11 @@ def memory_reuse_speed(L: int, tgt_len: int, min_seconds: float) -> dict:
     inp, tgt = x[:, :-1], x[:, 1:]
     mems = None
     for _ in range(-(-L // tgt_len)):  # fill the memory: the steady state has L cached positions
-        mems = model(inp, mems=mems, targets=tgt).mems
+        mems = model(inp, mems=mems, targets=tgt, keep_kv=True).mems
     state = {"mems": mems}
 
-    def step() -> None:
-        state["mems"] = model(inp, mems=state["mems"], targets=tgt).mems
+    def step() -> None:  # as `txl-audio evaluate`: the memory's keys and values come along with it
+        state["mems"] = model(inp, mems=state["mems"], targets=tgt, keep_kv=True).mems
 
     sec, reps = _timed(step, min_seconds, 3, 1000)
     return {"seconds_per_segment": sec, "segments_timed": reps, "tokens_per_second": tgt_len / sec}

@@ -83,7 +83,7 @@ def generation_section(out: Path, goals: list[str]) -> list[str]:
     if res is None:
         goals.append("- generation: not measured (generate_speed.json missing)")
         return ["(generate_speed.json missing)"]
-    from generate_speed import table  # the benchmark's own table ("static" = ring buffer + CUDA graph)
+    from generate_speed import table  # the benchmark's own table (CUDA graph and eager columns)
 
     lines = table(res).splitlines()
     lines.insert(1, "")

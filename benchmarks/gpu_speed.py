@@ -80,17 +80,19 @@ def measure(
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     model.train(train)
     mems = None
+    # in evaluation ours carries the memory's keys and values along, as `txl-audio evaluate` does
+    kw = {"keep_kv": True} if not train and isinstance(model, TransformerXL) else {}
 
     def step(i: int):
         nonlocal mems
         seg = segs[i % len(segs)]
         with torch.set_grad_enabled(train), _autocast(device, dtype):
-            out = model(seg[:, :-1], mems=mems, targets=seg[:, 1:], return_logits=False)
+            out = model(seg[:, :-1], mems=mems, targets=seg[:, 1:], return_logits=False, **kw)
         if train:
             out.loss.float().mean().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        mems = tuple(m.detach() for m in out.mems) if out.mems is not None else None
+        mems = out.mems
 
     try:
         for i in range(warmup):

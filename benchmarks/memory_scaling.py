@@ -44,13 +44,15 @@ def measure_point(mem_len: int, tgt_len: int, batch: int, mode: str, device: str
     """Peak bytes of one step of ``mode`` ('train' or 'eval') beyond what the model itself holds."""
     import torch
 
+    from txl_audio.model import LayerMemory, Memory
+
     model, cfg = _model(mem_len, tgt_len, device)
     tokens = torch.randint(0, 256, (batch, tgt_len), device=device)
     mems = None
     if mem_len:
         with torch.no_grad():  # a memory as full as it gets in steady state
             shape = (batch, mem_len, cfg.d_model)
-            mems = tuple(torch.randn(shape, device=device) for _ in range(cfg.n_layer + 1))
+            mems = Memory(tuple(LayerMemory(torch.randn(shape, device=device)) for _ in range(cfg.n_layer)))
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -5,6 +5,10 @@
 - cached decoding tokens/s (``init_cache``/``step``) vs decoding by feeding memories back (one token
   through ``forward`` with the hidden states of the same context as ``mems``), batch 1 and 16.
 
+In evaluation ours carries the memory's keys and values from segment to segment (``keep_kv``, as
+``txl-audio evaluate`` does); the einsum baseline re-projects the memory every segment, as the
+authors' code does.
+
 Defaults are the issue's configuration: n_layer 4, d_model 256, 4 heads, d_inner 1024, vocab 256,
 tgt_len 512, mem_len 512, batch 4, float32, 2 threads; decoding uses mem_len 1024. Measurements
 alternate between the two implementations and report the median of the repeats.
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from einsum_reference import from_model  # noqa: E402
 
 from txl_audio.config import ModelConfig  # noqa: E402
+from txl_audio.decoders import make_decoder  # noqa: E402
 from txl_audio.model import TransformerXL  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model_speed.json"
@@ -71,10 +76,11 @@ def make_train_step(model: torch.nn.Module) -> Callable[[torch.Tensor], None]:
 def make_eval_step(model: torch.nn.Module) -> Callable[[torch.Tensor], None]:
     """One evaluation forward per call (memory carried, no gradients)."""
     state: dict = {"mems": None}
+    kw = {"keep_kv": True} if isinstance(model, TransformerXL) else {}
 
     @torch.no_grad()
     def step(seg: torch.Tensor) -> None:
-        out = model(seg[:, :-1], mems=state["mems"], targets=seg[:, 1:], return_logits=False)
+        out = model(seg[:, :-1], mems=state["mems"], targets=seg[:, 1:], return_logits=False, **kw)
         state["mems"] = out.mems
 
     return step
@@ -126,61 +132,23 @@ def compare_throughput(cfg: ModelConfig, batch: int, steps: int, repeats: int, t
 
 
 @torch.no_grad()
-def decode_cached(model: TransformerXL, prompt: torch.Tensor, n_new: int) -> tuple[torch.Tensor, list[float]]:
-    """Greedy decoding with the key/value cache; returns the new tokens (B, n_new) and the seconds
-    each one-token step took (prompt processing not timed)."""
-    cache = model.init_cache(prompt.shape[0])
-    for s in range(0, prompt.shape[1], model.config.tgt_len):
-        logits, cache = model.step(prompt[:, s : s + model.config.tgt_len], cache)
-    tok = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-    out, times = [tok], []
-    for _ in range(n_new - 1):
-        t0 = time.perf_counter()
-        logits, cache = model.step(tok, cache)
-        tok = logits[:, -1].argmax(-1, keepdim=True)
-        times.append(time.perf_counter() - t0)
-        out.append(tok)
-    return torch.cat(out, 1), times
-
-
-@torch.no_grad()
-def decode_feeding_memories(
-    model: torch.nn.Module, prompt: torch.Tensor, n_new: int
+def decode(
+    model: TransformerXL, prompt: torch.Tensor, n_new: int, kind: str
 ) -> tuple[torch.Tensor, list[float]]:
-    """Greedy decoding the way the authors' code decodes: each token goes through forward() with the
-    per-layer hidden states of its context as memory; the context grows within a segment and is cut
-    to the last mem_len positions at each segment boundary (the same context the cache sees)."""
-    c = model.config
-    ctx = None
-    pos = 0
-
-    def feed(tok: torch.Tensor) -> torch.Tensor:
-        nonlocal ctx, pos
-        if pos % c.tgt_len == 0 and ctx is not None:
-            ctx = tuple(m[:, -c.mem_len :] for m in ctx)
-        keep = (0 if ctx is None else ctx[0].shape[1]) + 1
-        out = model(tok, mems=ctx, mem_len=keep)
-        # a plain tuple: without it the inference Memory would carry keys/values from step to step,
-        # turning this baseline into a cache; feeding memories back re-projects the whole context
-        ctx = tuple(out.mems)
-        pos += 1
-        return out.logits[:, -1]
-
-    # the prompt's context is built with whole segments (fast, same result); not timed
-    for s in range(0, prompt.shape[1], c.tgt_len):
-        seg = prompt[:, s : s + c.tgt_len]
-        if ctx is not None:
-            ctx = tuple(m[:, -c.mem_len :] for m in ctx)
-        o = model(seg, mems=ctx, mem_len=(0 if ctx is None else ctx[0].shape[1]) + seg.shape[1])
-        ctx, pos, logits = tuple(o.mems), pos + seg.shape[1], o.logits[:, -1]
-    tok = logits.argmax(-1, keepdim=True)
+    """Greedy decoding with a decoder of ``txl_audio.decoders``: "cached" (``model.step`` over the
+    key/value ring buffer) or "reference" (feeding memories back: each token goes through forward()
+    with the per-layer hidden states of its context as memory, re-projected every token, the way the
+    authors' code decodes). Returns the new tokens (B, n_new) and the seconds each one-token step took
+    (the prompt is not timed)."""
+    dec = make_decoder(model, prompt.shape[0], kind, cuda_graph=False)
+    tok = dec.prefill(prompt).argmax(-1)  # (B,)
     out, times = [tok], []
     for _ in range(n_new - 1):
         t0 = time.perf_counter()
-        tok = feed(tok).argmax(-1, keepdim=True)
+        tok = dec.step(tok).argmax(-1)
         times.append(time.perf_counter() - t0)
         out.append(tok)
-    return torch.cat(out, 1), times
+    return torch.stack(out, 1), times
 
 
 def compare_decoding(cfg: ModelConfig, batch: int, prompt_len: int, n_new: int) -> dict:
@@ -189,8 +157,8 @@ def compare_decoding(cfg: ModelConfig, batch: int, prompt_len: int, n_new: int) 
     torch.manual_seed(0)
     model = TransformerXL(cfg).eval()
     prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len))
-    tok_c, t_c = decode_cached(model, prompt, n_new)
-    tok_f, t_f = decode_feeding_memories(model, prompt, n_new)
+    tok_c, t_c = decode(model, prompt, n_new, "cached")
+    tok_f, t_f = decode(model, prompt, n_new, "reference")
     res: dict = {}
     for name, ts in (("cached", t_c), ("feeding_memories", t_f)):
         res[name] = batch / min(ts)

@@ -91,8 +91,7 @@ def test_resume_without_checkpoint_or_with_another_model_is_an_error(corpus, uni
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train(tiny_config(corpus), tmp_path / "empty", resume=True, progress=False, log=lambda m: None)
     ref_dir, _ = uninterrupted
-    other = tiny_config(corpus, max_steps=12)
-    other.model.d_model = 48
+    other = tiny_config(corpus, max_steps=12).with_overrides(["model.d_model=48"])
     with pytest.raises(CheckpointError, match="d_model"):
         train(other, ref_dir, resume=True, progress=False, log=lambda m: None)
 

@@ -31,9 +31,8 @@ if int(os.environ["RANK"]) == 0:
 
 def _config(corpus: Path):
     cfg = tiny_config(corpus, max_steps=5, batch_size=4, eval_every=5, ckpt_every=5)
-    cfg.model.dropout = 0.0  # dropout masks are drawn per process: equal only without it
-    cfg.data.max_eval_tokens = 0
-    return cfg
+    # dropout masks are drawn per process: equal only without it
+    return cfg.with_overrides(["model.dropout=0.0", "data.max_eval_tokens=0"])
 
 
 def test_two_processes_match_one(tmp_path):
@@ -67,8 +66,7 @@ def test_two_processes_match_one(tmp_path):
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert state["ranks"][0]["mems"][0][0].shape[0] == 2  # 2 of the 4 streams each
     # resuming the 2-process run continues both ranks' streams: still the single-process run
-    longer = _config(corpus)
-    longer.train.max_steps = 7
+    longer = _config(corpus).with_overrides(["train.max_steps=7"])
     ddp2 = torchrun(longer, "--resume")
     single2 = train(longer, tmp_path / "single", resume=True, progress=False, log=lambda m: None)
     assert ddp2["losses"] == pytest.approx(single2.losses, abs=1e-5) and len(ddp2["losses"]) == 2

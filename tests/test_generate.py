@@ -126,7 +126,6 @@ def tiny_model(seed: int = 0, **kw):
     return model
 
 
-@pytest.mark.parametrize("decoder", ["static", "cached"])
 @pytest.mark.parametrize(
     "config, prompt_len",
     [
@@ -138,7 +137,7 @@ def tiny_model(seed: int = 0, **kw):
         (dict(mem_len=0, tgt_len=6, attention="absolute"), 3),
     ],
 )
-def test_greedy_cached_equals_reference_past_the_window(decoder, config, prompt_len):
+def test_greedy_cached_equals_reference_past_the_window(config, prompt_len):
     from txl_audio.generate import sample
 
     model = tiny_model(**config)
@@ -146,7 +145,7 @@ def test_greedy_cached_equals_reference_past_the_window(decoder, config, prompt_
     prompt = torch.randint(0, 32, (3, prompt_len), generator=g) if prompt_len else None
     n_new = 3 * (config["mem_len"] + config["tgt_len"]) + 3  # the window slides several times
     kw = dict(batch_size=3, start_token=5)
-    cached = sample(model, prompt, n_new, temperature=0.0, decoder=decoder, **kw)
+    cached = sample(model, prompt, n_new, temperature=0.0, decoder="cached", **kw)
     reference = sample(model, prompt, n_new, temperature=0.0, use_cache=False, **kw)
     assert cached.shape == (3, n_new)
     assert torch.equal(cached, reference)
@@ -159,7 +158,7 @@ def test_decoders_give_the_reference_logits_token_by_token():
     tokens = torch.randint(0, 32, (2, 40), generator=torch.Generator().manual_seed(1))
     logits = {}
     with torch.inference_mode():
-        for kind in ("reference", "cached", "static"):
+        for kind in ("reference", "cached"):
             dec = make_decoder(model, 2, kind)
             out = [dec.prefill(tokens[:, :7])]
             out += [dec.step(tokens[:, i]).clone() for i in range(7, 40)]
@@ -172,7 +171,7 @@ def test_decoders_give_the_reference_logits_token_by_token():
             full.append(o.logits)
             mems = o.mems
     full = torch.cat(full, 1)[:, 6:]
-    for kind in ("reference", "cached", "static"):
+    for kind in ("reference", "cached"):
         torch.testing.assert_close(logits[kind], full, atol=1e-5, rtol=1e-5, msg=kind)
 
 
@@ -338,6 +337,45 @@ def test_generate_command_unconditional_and_errors(tmp_path, capsys):
     assert "temperature" in capsys.readouterr().err
 
 
+def test_generate_command_on_a_word_model_with_adaptive_softmax_writes_text(tmp_path, capsys):
+    """A PTB/WikiText-style checkpoint (word vocabulary, adaptive input and softmax) generates text into
+    .txt files; cached decoding equals the reference with the adaptive output layer too."""
+    from txl_audio.cli import main
+    from txl_audio.generate import sample
+    from txl_audio.tokenizers import WordTokenizer
+
+    words = [f"w{i}" for i in range(58)]
+    tok = WordTokenizer(["<unk>", "<eos>", *words])
+    model = tiny_model(vocab_size=60, cutoffs=[10, 30], div_val=2)
+    prompt = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sample(model, prompt, 25, 0.0), sample(model, prompt, 25, 0.0, use_cache=False))
+    ckpt = write_checkpoint(tmp_path / "ptb.pt", model, tok)
+    (tmp_path / "prompt.txt").write_text("w3 w4 w5\nw6 unknownword\n")
+    out = tmp_path / "gen"
+    assert main(["generate", str(ckpt), "--out", str(out), "--tokens", "30", "--num", "3",
+                 "--batch-size", "2", "--prompt", str(tmp_path / "prompt.txt"), "--device", "cpu",
+                 "--seed", "1"]) == 0
+    assert "tokens/s" in capsys.readouterr().out
+    report = json.loads((out / "generation.json").read_text())
+    assert report["unit"] == "word" and report["new_tokens_per_sample"] == 30
+    texts = [(out / f"sample_{i:03d}.txt").read_text() for i in range(3)]
+    for text in texts:
+        assert text.startswith("w3 w4 w5\nw6 <unk>\n")  # the prompt as the model read it
+        new = text[len("w3 w4 w5\nw6 <unk>\n"):]
+        assert len(new.split()) + new.count("\n") == 30  # 30 tokens: words and line ends
+        assert set(new.split()) <= set(tok.itos)
+    assert len(set(texts)) > 1
+    assert not list(out.glob("*.wav"))
+    # unconditional: starts after a line end; a byte-level model writes characters
+    from txl_audio.tokenizers import ByteTokenizer
+
+    ckpt = write_checkpoint(tmp_path / "bytes.pt", tiny_model(vocab_size=256), ByteTokenizer())
+    assert main(["generate", str(ckpt), "--out", str(tmp_path / "b"), "--num", "1", "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "b" / "generation.json").read_text())
+    assert report["settings"]["start_token"] == ord("\n") and report["new_tokens_per_sample"] == 200
+    assert len((tmp_path / "b" / "sample_000.txt").read_bytes()) >= 1
+
+
 # ----------------------------------------------------------------------------------------------------
 # GPU (run with -m cuda on a machine with one)
 
@@ -359,8 +397,8 @@ def test_cuda_graph_decoding_equals_reference_on_gpu(exact_fp32_matmul):
 
     model = tiny_model(mem_len=6, tgt_len=4).cuda()
     prompt = torch.randint(0, 32, (3, 7), generator=torch.Generator().manual_seed(0)).cuda()
-    graph = sample(model, prompt, 50, 0.0, decoder="static")  # CUDA graph by default on CUDA
-    eager = sample(model, prompt, 50, 0.0, decoder="static", cuda_graph=False)
+    graph = sample(model, prompt, 50, 0.0, decoder="cached")  # CUDA graph by default on CUDA
+    eager = sample(model, prompt, 50, 0.0, decoder="cached", cuda_graph=False)
     reference = sample(model, prompt, 50, 0.0, use_cache=False)
     assert torch.equal(graph, reference) and torch.equal(eager, reference)
     a = sample(model, prompt, 50, 1.0, top_p=0.9, generator=torch.Generator("cuda").manual_seed(3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from txl_audio.config import ModelConfig
-from txl_audio.model import IGNORE_INDEX, TransformerXL, attention
-from txl_audio.model.transformer import Memory
+from txl_audio.data import IGNORE_INDEX
+from txl_audio.model import Memory, TransformerXL, attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from einsum_reference import from_model  # noqa: E402
@@ -71,38 +72,40 @@ def test_mems_are_last_mem_len_layer_inputs():
     x = torch.randint(0, V, (2, 10))
     out1 = model(x[:, :5])
     out2 = model(x[:, 5:], mems=out1.mems)
-    whole = model(x, mem_len=10)  # memory of everything: the layer inputs of all 10 positions
-    assert len(out2.mems) == cfg.n_layer + 1
-    for m, w in zip(out2.mems, whole.mems):
-        assert m.shape == (2, cfg.mem_len, cfg.d_model) and not m.requires_grad
-        close(m, w[:, -cfg.mem_len :])
+    whole = model(x, lengths=cfg.lengths(mem_len=10))  # memory of everything: all 10 positions' layer inputs
+    assert len(out2.mems.layers) == cfg.n_layer and out2.mems.length == cfg.mem_len
+    for m, w in zip(out2.mems.layers, whole.mems.layers):
+        assert m.hidden.shape == (2, cfg.mem_len, cfg.d_model) and not m.hidden.requires_grad
+        assert m.keys is None  # keys and values only when asked for (keep_kv, inference)
+        close(m.hidden, w.hidden[:, -cfg.mem_len :])
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])
-def test_inference_reuses_memory_keys_values_only_while_weights_are_unchanged(pre_norm):
+def test_inference_reuses_memory_keys_values_when_asked(pre_norm):
     model = make_model(tiny(pre_norm=pre_norm, mem_len=20))
     x = torch.randint(0, V, (2, 15))
     with torch.no_grad():
         full = model(x).logits
-        reused = run_segments(model, x, 5)  # Memory objects carry keys/values along
-        plain, mems = [], None
-        for s in range(0, 15, 5):
-            out = model(x[:, s : s + 5], mems=None if mems is None else tuple(mems))  # plain tuples
-            mems, _ = out.mems, plain.append(out.logits)
+        reused = run_segments(model, x, 5, keep_kv=True)  # memories carry keys/values along
+        plain = run_segments(model, x, 5)  # hidden states only: keys/values re-projected
         close(reused, full)
-        close(torch.cat(plain, 1), full)
+        close(plain, full)
 
-        out = model(x[:, :5])
-        assert isinstance(out.mems, Memory) and out.mems.kv[0].shape == (2, 5, 2, 2, 8)
+        out = model(x[:, :5], keep_kv=True)
+        assert out.mems.layers[0].keys.shape == (2, 2, 5, 8)  # (B, H, M, Dh)
         # the carried keys/values are really used...
-        bad = Memory(tuple(out.mems), tuple(torch.zeros_like(kv) for kv in out.mems.kv), out.mems.stamp)
+        bad = Memory(tuple(dataclasses.replace(m, keys=torch.zeros_like(m.keys)) for m in out.mems.layers))
         assert (model(x[:, 5:10], mems=bad).logits - full[:, 5:10]).abs().max() > 1e-3
-        # ...and dropped once a weight changes in place (an optimizer step, load_state_dict)
+        # ...and a memory without them is re-projected with the weights of the moment (whoever changes
+        # the weights drops them: hidden_only)
         (model.layers[0].attn_norm.weight if pre_norm else model.layers[1].attn.qkv.weight).mul_(1.5)
-        fresh = model(x[:, 5:10], mems=tuple(out.mems)).logits  # same memory, re-projected
-        close(model(x[:, 5:10], mems=bad).logits, fresh)
-    # with gradients enabled the memory is a plain tuple: keys/values must be re-projected
-    assert not isinstance(model(x[:, :5]).mems, Memory)
+        fresh = model(x[:, 5:10], mems=out.mems.hidden_only()).logits
+        changed = model(x[:, 5:10], mems=out.mems).logits
+        assert (fresh - changed).abs().max() > 1e-4
+    # in training the memory is hidden states only, and keeping keys/values is refused
+    assert model(x[:, :5]).mems.layers[0].keys is None
+    with pytest.raises(ValueError, match="inference"):
+        model(x[:, :5], keep_kv=True)
 
 
 def test_memory_carries_no_gradient_into_previous_segment():
@@ -110,7 +113,7 @@ def test_memory_carries_no_gradient_into_previous_segment():
     seg1 = torch.randint(0, 5, (2, 5))  # tokens 0..4 only here
     seg2 = torch.randint(5, V, (2, 5))  # tokens 5.. only here
     out1 = model(seg1)
-    assert all(m.grad_fn is None and not m.requires_grad for m in out1.mems)
+    assert all(m.hidden.grad_fn is None and not m.hidden.requires_grad for m in out1.mems.layers)
     out2 = model(seg2, mems=out1.mems, targets=torch.randint(0, V, (2, 5)))
     out2.loss.sum().backward()
     g = model.word_emb.weight.grad
@@ -147,7 +150,7 @@ def test_absolute_attention_refuses_memory_and_is_causal():
     model = make_model(tiny(attention="absolute", mem_len=0))
     x = torch.randint(0, V, (1, 5))
     out = model(x)
-    assert all(m.shape[1] == 0 for m in out.mems)
+    assert out.mems.length == 0
     y = x.clone()
     y[0, 3] = (x[0, 3] + 1) % V
     close(model(y).logits[:, :3], out.logits[:, :3], tol=0)
@@ -348,13 +351,13 @@ def greedy_feeding_memories(model, prompt: torch.Tensor, n_new: int) -> torch.Te
         if p % c.tgt_len == 0:
             seg_start = p
             if ctx is not None:
-                ctx = tuple(m[:, m.shape[1] - min(c.mem_len, m.shape[1]) :] for m in ctx)
+                ctx = ctx.last(c.mem_len)
         if c.mem_len == 0:
             logits = model(seq[:, seg_start : p + 1]).logits[:, -1]
         else:
-            keep = (0 if ctx is None else ctx[0].shape[1]) + 1
-            out = model(seq[:, p : p + 1], mems=ctx, mem_len=keep)
-            ctx, logits = out.mems, out.logits[:, -1]
+            out = model(seq[:, p : p + 1], mems=ctx)
+            new = out.mems.last(1)  # the token's layer inputs: the context grows by one position
+            ctx, logits = (new if ctx is None else ctx.append(new)), out.logits[:, -1]
         if p + 1 >= seq.shape[1]:
             seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], 1)
     return seq[:, prompt.shape[1] :]
@@ -362,11 +365,11 @@ def greedy_feeding_memories(model, prompt: torch.Tensor, n_new: int) -> torch.Te
 
 def greedy_cached(model, prompt: torch.Tensor, n_new: int) -> torch.Tensor:
     cache = model.init_cache(prompt.shape[0])
-    logits, cache = model.step(prompt, cache)
+    logits = model.step(prompt, cache)
     toks = [logits[:, -1].argmax(-1, keepdim=True)]
     for _ in range(n_new - 1):
-        logits, cache = model.step(toks[-1], cache)
-        assert cache.length <= model.config.mem_len + model.config.tgt_len
+        logits = model.step(toks[-1], cache)
+        assert cache.slots == model.config.mem_len + model.config.tgt_len
         toks.append(logits[:, -1].argmax(-1, keepdim=True))
     return torch.cat(toks, 1)
 
@@ -390,14 +393,14 @@ def test_cached_decoding_equals_segment_by_segment_forward(kw, block, monkeypatc
     x = torch.randint(0, V, (2, 30))  # 7.5 segments: the window slides many times
     expect = run_segments(model, x, cfg.tgt_len)
     cache = model.init_cache(2)
-    one_at_a_time = torch.cat([model.step(x[:, t : t + 1], cache)[0] for t in range(30)], 1)
+    one_at_a_time = torch.cat([model.step(x[:, t : t + 1], cache) for t in range(30)], 1)
     close(one_at_a_time, expect)
     # any chunking (crossing segment boundaries) gives the same
     cache = model.init_cache(2)
     cuts = [0, 3, 4, 11, 12, 13, 22, 30]
-    chunked = torch.cat([model.step(x[:, a:b], cache)[0] for a, b in zip(cuts, cuts[1:])], 1)
+    chunked = torch.cat([model.step(x[:, a:b], cache) for a, b in zip(cuts, cuts[1:])], 1)
     close(chunked, expect)
-    assert cache.pos == 30 and cache.length <= cfg.mem_len + cfg.tgt_len
+    assert cache.position == 30 and int(cache.t) == 30 and cache.slots == cfg.mem_len + cfg.tgt_len
 
 
 @pytest.mark.parametrize("kw", CACHE_CASES, ids=CACHE_IDS)
@@ -470,7 +473,7 @@ def test_cuda_compiled_and_bf16_close_to_fp32():
             bf = run_segments(model, x, 32).float()
             cbf = run_segments(compiled, x, 32).float()
             cache = model.init_cache(2)
-            stepped = torch.cat([model.step(x[:, i : i + 1], cache)[0] for i in range(96)], 1).float()
+            stepped = torch.cat([model.step(x[:, i : i + 1], cache) for i in range(96)], 1).float()
     scale = ref.abs().max()
     for got in (bf, cbf, stepped):
         assert (got - ref).abs().max() < 0.05 * scale
@@ -483,8 +486,8 @@ def test_cuda_compiled_and_bf16_close_to_fp32():
 
 
 def test_weights_made_under_inference_mode_evaluate_with_memory():
-    """Parameters created under inference_mode have no version counter: the memory's key/value reuse
-    must step aside (same results as plain tuples), not crash."""
+    """Parameters created under inference_mode (no version counter, no autograd): evaluating with the
+    memory's keys/values carried along gives exactly what re-projecting them gives."""
     cfg = ModelConfig(
         vocab_size=16,
         n_layer=2,
@@ -502,10 +505,10 @@ def test_weights_made_under_inference_mode_evaluate_with_memory():
         x = torch.randint(0, 16, (2, 12))
         mems, plain, outs, ref = None, None, [], []
         for seg in x.split(4, dim=1):
-            out = model(seg, mems=mems)
+            out = model(seg, mems=mems, keep_kv=True)
             mems = out.mems
             outs.append(out.logits)
             r = model(seg, mems=plain)
-            plain = tuple(r.mems)
+            plain = r.mems
             ref.append(r.logits)
-    torch.testing.assert_close(torch.cat(outs, 1), torch.cat(ref, 1), rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(outs, 1), torch.cat(ref, 1), rtol=0, atol=1e-6)

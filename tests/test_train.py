@@ -62,6 +62,33 @@ def test_outputs_metrics_checkpoints_and_plot(corpus, tmp_path):
     assert best["valid"]["loss_nats"] == min(x["loss_nats"] for x in valid_recs)
 
 
+def test_validation_bits_equal_evaluate_stream_on_the_same_checkpoint(corpus, tmp_path):
+    """metrics.jsonl's valid bits and `txl-audio evaluate --stream` (same checkpoint, split and lanes)
+    come from the same code and agree."""
+    from txl_audio.cli import main
+
+    out = tmp_path / "run"
+    cfg = tiny_config(corpus, max_steps=4, eval_every=4).with_overrides(["data.max_eval_tokens=0"])
+    train(cfg, out, **quiet())
+    valid = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["split"] == "valid"]
+    assert len(valid) == 1
+    assert main(["evaluate", str(out / "best.pt"), "--corpus", str(corpus), "--split", "valid", "--stream",
+                 "--batch-size", str(cfg.data.eval_batch_size), "--no-baselines", "--no-progress",
+                 "--out", str(tmp_path / "eval")]) == 0
+    s = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert s["tokens"] == valid[0]["tokens"]
+    assert s["bits_per_token"] == pytest.approx(valid[0]["bits"], rel=1e-6)
+
+
+def test_train_does_not_change_the_callers_config(corpus, tmp_path):
+    cfg = tiny_config(corpus, max_steps=2).with_overrides(["model.vocab_size=300"])
+    before = cfg.to_dict()
+    train(cfg, tmp_path / "run", **quiet())  # the run uses the corpus's 256
+    assert cfg.to_dict() == before
+    assert load_config(tmp_path / "run" / "config.toml").model.vocab_size == 256
+
+
 def test_refuses_to_overwrite_a_run(corpus, tmp_path):
     train(tiny_config(corpus, max_steps=2), tmp_path, **quiet())
     with pytest.raises(ValueError, match="--resume"):
@@ -81,18 +108,17 @@ def test_lr_schedule_warmup_then_cosine_to_min():
 def test_grad_accumulation_gives_the_same_training(corpus, tmp_path):
     # accumulation splits the batch's streams: same gradient, same memory per stream
     kw = {"max_steps": 5, "batch_size": 4}
-    cfg1, cfg2 = tiny_config(corpus, **kw), tiny_config(corpus, grad_accum=2, **kw)
-    for c in (cfg1, cfg2):
-        c.model.dropout = 0.0
+    cfg1, cfg2 = (tiny_config(corpus, **kw).with_overrides(["model.dropout=0.0"]),
+                  tiny_config(corpus, grad_accum=2, **kw).with_overrides(["model.dropout=0.0"]))
     a = train(cfg1, tmp_path / "a", **quiet())
     b = train(cfg2, tmp_path / "b", **quiet())
     assert a.losses == pytest.approx(b.losses, abs=1e-5)
 
 
 def test_non_finite_loss_skips_the_step_and_stops_after_max_bad(corpus, tmp_path, monkeypatch):
-    import txl_audio.model as model_module
+    import txl_audio.train as train_module
 
-    Real = model_module.TransformerXL
+    Real = train_module.TransformerXL
     poison = {"steps": set()}
     calls = {"n": 0}
 
@@ -105,7 +131,7 @@ def test_non_finite_loss_skips_the_step_and_stops_after_max_bad(corpus, tmp_path
                     out.loss = out.loss * float("nan")
             return out
 
-    monkeypatch.setattr(model_module, "TransformerXL", Poisoned)
+    monkeypatch.setattr(train_module, "TransformerXL", Poisoned)
     # one bad step: skipped (no update), training goes on and ends with finite weights
     poison["steps"] = {3}
     logs = []
@@ -206,7 +232,7 @@ def test_compiled_training_matches_eager_on_cpu(corpus, tmp_path):
     runs = []
     for compile_model in (False, True):
         cfg = tiny_config(corpus, max_steps=4, eval_every=4, compile=compile_model)
-        cfg.model.dropout = 0.0  # compiled dropout draws its own random numbers
+        cfg = cfg.with_overrides(["model.dropout=0.0"])  # compiled dropout draws its own random numbers
         runs.append(train(cfg, tmp_path / str(compile_model), **quiet()))
     eager, compiled = runs
     assert counters["stats"]["unique_graphs"] >= 1  # the second run did go through torch.compile

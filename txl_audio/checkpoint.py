@@ -7,12 +7,18 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it
 from __future__ import annotations
 
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from txl_audio.config import RunConfig
+from txl_audio.model import TransformerXL
+from txl_audio.tokenizers import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_GLOB = "ckpt_*.pt"
 _STEP_RE = re.compile(r"ckpt_(\d+)\.pt$")
@@ -104,12 +110,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[TransformerXL, Tokenizer, RunConfig]:
     """(model in eval mode, tokenizer, RunConfig) from a checkpoint file or run directory."""
-    from txl_audio.config import RunConfig
-    from txl_audio.model import TransformerXL
-    from txl_audio.tokenizers import tokenizer_from_dict
-
     path = resolve_checkpoint(path)
     state = load_checkpoint(path, map_location="cpu")
     config = RunConfig.from_dict(state["config"])
@@ -142,8 +146,6 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
 def to_plain(obj: Any) -> Any:
     """``obj`` with numpy arrays as tensors, numpy scalars as Python numbers and tuples as lists, so that
     ``torch.load(weights_only=True)`` reads it back (data stream states may hold numpy values)."""
-    import numpy as np
-
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -159,10 +161,6 @@ def to_plain(obj: Any) -> Any:
 
 def rng_state() -> dict[str, Any]:
     """The torch (CPU and current CUDA device), numpy and Python generator states as plain data."""
-    import random
-
-    import numpy as np
-
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
@@ -179,10 +177,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     keys = n["keys"].numpy().astype(np.uint32)

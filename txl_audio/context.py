@@ -30,6 +30,9 @@ import numpy as np
 import torch
 
 from txl_audio.evaluate import evaluate_tokens
+from txl_audio.model import TransformerXL
+from txl_audio.plots import plot_nll_vs_context, plot_nll_vs_position
+from txl_audio.tokenizers import metric_name
 
 DEFAULT_MEM_LENS = (0, 256, 1024, 4096)
 GAIN_THRESHOLD = 0.01
@@ -107,7 +110,7 @@ class ContextCurve:
 
 
 def analyse_context(
-    model: torch.nn.Module,
+    model: TransformerXL,
     docs: Sequence[np.ndarray],
     names: Sequence[str] | None = None,
     *,
@@ -129,7 +132,7 @@ def analyse_context(
     cfg = model.config
     max_len = max(len(d) for d in docs)
     edges = position_edges(max_len, sample_rate)
-    curve = ContextCurve(name, getattr(cfg, "attention", "relative"), cfg.mem_len, cfg.tgt_len, edges)
+    curve = ContextCurve(name, cfg.attention, cfg.mem_len, cfg.tgt_len, edges)
     T = tgt_len or cfg.tgt_len
     if curve.fixed_context:
         T = min(T, cfg.tgt_len)
@@ -172,7 +175,7 @@ def analyse_context(
 
 
 def summary_text(curves: Sequence[ContextCurve], unit: str, sample_rate: int | None) -> str:
-    metric = {"sample": "bits per sample", "byte": "bits per character"}.get(unit, f"bits per {unit}")
+    metric = metric_name(unit)
 
     def span_str(n: int) -> str:
         return f"{n} tokens" + (f" ({n * 1000 / sample_rate:.0f} ms)" if sample_rate else "")
@@ -211,8 +214,6 @@ def write_context(
     curves: Sequence[ContextCurve], out_dir: str | Path, unit: str = "sample", sample_rate: int | None = None
 ) -> dict[str, Path]:
     """context_span.csv, context_position.csv, summary.txt and the two PNG plots in ``out_dir``."""
-    from txl_audio.plots import plot_nll_vs_context, plot_nll_vs_position
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -252,7 +253,7 @@ def write_context(
                         ]
                     )
     paths["summary"].write_text(summary_text(curves, unit, sample_rate) + "\n")
-    metric = {"sample": "bits per sample", "byte": "bits per character"}.get(unit, f"bits per {unit}")
+    metric = metric_name(unit)
     plot_nll_vs_context(
         [
             {

@@ -9,7 +9,19 @@ A prepared corpus is a folder:
   the smallest unsigned dtype holding the vocabulary (read back with ``numpy.memmap``);
 - ``skipped.tsv`` (audio): files left out, with the reason.
 
-``txl_audio.prepare`` builds such folders (``prepare_audio``, ``prepare_text``; re-exported here).
+``txl_audio.prepare`` builds such folders (``prepare_audio``, ``prepare_text``) with the
+:class:`CorpusWriter` defined here; this module does not import it.
+
+Cutting documents into the B parallel lanes a Transformer-XL reads (its memory carries along a lane
+from one batch to the next) is done here, in one place, for everything that runs the model over a
+split: :class:`Lanes` (documents end to end, cut into contiguous lanes: training, validation and
+``evaluate --stream``) and :class:`FileLanes` (each document from a segment start with an empty
+memory: per-file evaluation). :class:`SegmentStream` serves a corpus split as :class:`Lanes` batches
+with epochs, shuffling, process sharding and an exact resume position.
+
+``IGNORE_INDEX`` marks a target with nothing to predict (the last token of a file, padding); the
+model's loss is 0 there. This module imports no torch at module level: ``prepare`` (and its worker
+processes) import it, and ``import torch`` costs 1.1 s there.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,27 +38,19 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported where batches are made: preparing a corpus does not need it
+from txl_audio.tokenizers import token_dtype, tokenizer_from_dict
+
+if TYPE_CHECKING:  # torch is imported where batches are made (see the module docstring)
     import torch
 
 FORMAT_NAME = "txl_audio corpus"
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
-IGNORE_INDEX = -100  # target value for positions that predict nothing (same as the model's)
+IGNORE_INDEX = -100  # target of a position that predicts nothing; the model's loss is 0 there
 
 
 class CorpusError(ValueError):
     """A folder that is not a (complete) prepared corpus, or a request it cannot serve."""
-
-
-def __getattr__(name: str) -> Any:
-    # prepare_audio / prepare_text live in txl_audio.prepare (which imports this module); the
-    # shared interface names them here, so resolve them lazily to avoid an import cycle.
-    if name in ("prepare_audio", "prepare_text", "PrepareReport"):
-        from txl_audio import prepare
-
-        return getattr(prepare, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,8 +66,6 @@ class CorpusWriter:
     """
 
     def __init__(self, out_dir: str | Path, tokenizer: Any, kind: str, sample_rate: int | None = None):
-        from txl_audio.tokenizers import token_dtype
-
         self.out_dir = Path(out_dir)
         check_replaceable(self.out_dir)
         self.tokenizer = tokenizer
@@ -110,7 +113,7 @@ class CorpusWriter:
             "version": FORMAT_VERSION,
             "kind": self.kind,
             "tokenizer": self.tokenizer.to_dict(),
-            "unit": getattr(self.tokenizer, "unit", None),
+            "unit": self.tokenizer.unit,
             "vocab_size": int(self.tokenizer.vocab_size),
             "sample_rate": self.sample_rate,
             "dtype": self.dtype.name,
@@ -196,8 +199,6 @@ class Corpus:
 
     @cached_property
     def tokenizer(self) -> Any:
-        from txl_audio.tokenizers import tokenizer_from_dict
-
         return tokenizer_from_dict(self.meta["tokenizer"])
 
     @property
@@ -245,7 +246,114 @@ class Corpus:
 
 
 # --------------------------------------------------------------------------------------------
-# streaming
+# lanes: documents cut into the batch's parallel streams
+
+
+@dataclass
+class LaneBatch:
+    """One step's (B, T) arrays (int64): the input tokens, their targets (the next token of the same
+    document, IGNORE_INDEX otherwise), each token's position in its document (counted from the lane's
+    start if the lane began inside it; attention never reaches further back), and the document of
+    each target (-1 where there is none)."""
+
+    tokens: np.ndarray
+    targets: np.ndarray
+    doc_pos: np.ndarray
+    doc: np.ndarray
+
+
+class Lanes:
+    """Documents laid end to end in the given order, cut into ``n_lanes`` contiguous lanes of
+    L = ceil(N / n_lanes) tokens (the paper's ordered streams); this process reads lanes
+    ``first_lane .. first_lane + batch_size - 1``. Batch k holds tokens k*T .. k*T+T-1 of each of its
+    lanes, so the model's memory carries from one batch to the next; positions past a lane's end are
+    padding (token 0, target IGNORE_INDEX, doc_pos 0).
+
+    Targets never cross a document boundary: the last token of a document predicts nothing, so a
+    document of n tokens contributes n - 1 predictions, each exactly once over all lanes (a lane's
+    last position predicts the first token of the next lane when both are in the same document).
+
+    ``data``: 1-D token array (a memmap is read lazily); document i is
+    ``data[offsets[i] : offsets[i] + lengths[i]]``."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, n_lanes: int,
+                 tgt_len: int, first_lane: int = 0, batch_size: int | None = None) -> None:
+        if n_lanes < 1 or tgt_len < 1:
+            raise ValueError(f"lanes need n_lanes >= 1 and tgt_len >= 1, got {n_lanes} and {tgt_len}")
+        self.data, self.tgt_len = data, tgt_len
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)  # in the lanes
+        self.n_tokens = int(self.lengths.sum())
+        self.lane_len = math.ceil(self.n_tokens / n_lanes)
+        self.n_steps = math.ceil(self.lane_len / tgt_len)
+        B = n_lanes - first_lane if batch_size is None else batch_size
+        lane = first_lane + np.arange(B, dtype=np.int64)
+        self.lane_start = lane * self.lane_len  # (B,); lane g covers [g * L, min((g + 1) * L, N))
+        self.lane_end = np.minimum(self.lane_start + self.lane_len, self.n_tokens)
+
+    @classmethod
+    def of_documents(cls, docs: Sequence[np.ndarray], n_lanes: int, tgt_len: int) -> Lanes:
+        """Lanes over token arrays held in memory (concatenated once, in the corpus dtype)."""
+        data = np.concatenate([np.asarray(d) for d in docs])
+        lengths = np.array([len(d) for d in docs], dtype=np.int64)
+        return cls(data, np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths, n_lanes, tgt_len)
+
+    def batch(self, k: int) -> LaneBatch:
+        T, N = self.tgt_len, self.n_tokens
+        # positions in the documents' sequence, one extra for the last target
+        v = self.lane_start[:, None] + k * T + np.arange(T + 1)[None, :]  # (B, T+1)
+        vc = np.minimum(v, N - 1)
+        doc = np.searchsorted(self.starts, vc, side="right") - 1  # (B, T+1) document of each position
+        dstart = self.starts[doc]
+        tok = self.data[self.offsets[doc] + (vc - dstart)].astype(np.int64)  # (B, T+1)
+        live = v[:, :T] < self.lane_end[:, None]  # (B, T) inside this lane
+        has_next = live & (v[:, 1:] < N) & (doc[:, 1:] == doc[:, :T])
+        since = np.maximum(dstart[:, :T], self.lane_start[:, None])  # document start, or lane start
+        return LaneBatch(
+            tokens=np.where(live, tok[:, :T], 0),
+            targets=np.where(has_next, tok[:, 1:], IGNORE_INDEX),
+            doc_pos=np.where(live, v[:, :T] - since, 0),
+            doc=np.where(has_next, doc[:, :T], -1),
+        )
+
+
+class FileLanes:
+    """Each document starts at a segment boundary of some lane with an empty memory, so it is cut into
+    segments exactly as when it is read alone: its last segment is padded (targets ignored) and the
+    next document's first token has doc_pos 0, so nothing crosses the boundary. Documents go
+    longest-first onto the shortest lane. Same batches as :class:`Lanes`."""
+
+    def __init__(self, docs: Sequence[np.ndarray], batch_size: int, tgt_len: int) -> None:
+        self.docs, self.tgt_len = docs, tgt_len
+        n_seg = [math.ceil((len(d) - 1) / tgt_len) for d in docs]
+        lanes: list[list[tuple[int, int]]] = [[] for _ in range(min(batch_size, max(1, len(docs))))]
+        for i in sorted(range(len(docs)), key=lambda i: -n_seg[i]):
+            lane = min(lanes, key=len)
+            lane.extend((i, k) for k in range(n_seg[i]))
+        self.lanes = [lane for lane in lanes if lane] or [[]]
+        self.n_steps = max(len(lane) for lane in self.lanes)
+
+    def batch(self, step: int) -> LaneBatch:
+        B, T = len(self.lanes), self.tgt_len
+        out = LaneBatch(np.zeros((B, T), np.int64), np.full((B, T), IGNORE_INDEX, np.int64),
+                        np.zeros((B, T), np.int64), np.full((B, T), -1, np.int64))
+        for b, lane in enumerate(self.lanes):
+            if step >= len(lane):
+                continue
+            i, k = lane[step]
+            d = self.docs[i]
+            lo, hi = k * T, min(k * T + T, len(d) - 1)
+            out.tokens[b, : hi - lo] = d[lo:hi]
+            out.targets[b, : hi - lo] = d[lo + 1 : hi + 1]
+            # the padding continues the file: it sees the file, nothing sees it
+            out.doc_pos[b] = np.arange(lo, lo + T)
+            out.doc[b, : hi - lo] = i
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# streaming a corpus split
 
 
 @dataclass
@@ -269,20 +377,14 @@ class Batch:
 
 
 class SegmentStream:
-    """Batches of ``batch_size`` parallel streams of ``tgt_len`` tokens for Transformer-XL.
+    """Batches of ``batch_size`` parallel streams of ``tgt_len`` tokens of a corpus split, for
+    Transformer-XL training and validation: the split's :class:`Lanes` with epochs.
 
     Per epoch the split's files are put in order (a seeded permutation when ``shuffle``, the
-    prepared order otherwise), concatenated into one sequence of N tokens, and cut into
-    S = batch_size * world_size contiguous streams of L = ceil(N / S) tokens; process ``rank``
-    owns streams rank*B .. rank*B+B-1. Batch k holds tokens k*T .. k*T+T-1 of each of its streams,
-    so the model's memory carries from one batch to the next. Every rank gets ceil(L / T) batches
-    per epoch; positions past a stream's end are padding (token 0, target IGNORE_INDEX, doc_pos 0).
-
-    Targets never cross a file boundary: the last token of a file predicts nothing, so a file of n
-    tokens contributes n - 1 predictions, each exactly once per epoch over all ranks (a stream's
-    last position predicts the first token of the next stream when both are in the same file).
-    ``doc_pos`` gives each token's position within its file, counted from the stream's start if the
-    stream began inside the file; the model must not attend further back than that.
+    prepared order otherwise) and cut into S = batch_size * world_size lanes; process ``rank`` owns
+    lanes rank*B .. rank*B+B-1. Every rank gets ceil(L / T) batches per epoch (see :class:`Lanes` for
+    targets, doc_pos and padding). A file of n tokens contributes n - 1 predictions, each exactly once
+    per epoch over all ranks.
 
     ``epochs``: number of passes; None = endless. The default ("auto") is endless when ``shuffle``
     (training) and one pass otherwise (evaluation). A finished finite pass resets the position,
@@ -311,16 +413,11 @@ class SegmentStream:
             raise CorpusError(f"split {split!r} of corpus {self.corpus.path} is empty; nothing to stream")
         self._offsets = np.array([f["offset"] for f in files], dtype=np.int64)
         self._lengths = np.array([f["length"] for f in files], dtype=np.int64)
-        n_streams = batch_size * world_size
-        self.stream_len = math.ceil(self.n_tokens / n_streams)
+        self.stream_len = math.ceil(self.n_tokens / (batch_size * world_size))
         self.batches_per_epoch = math.ceil(self.stream_len / tgt_len)
-        # first stream of this rank's block; stream g covers [g * L, min((g + 1) * L, N))
-        g = rank * batch_size + np.arange(batch_size, dtype=np.int64)
-        self._stream_start = g * self.stream_len  # (B,)
-        self._stream_end = np.minimum(self._stream_start + self.stream_len, self.n_tokens)  # (B,)
         self._epoch = 0
         self._batch = 0
-        self._order_epoch = -1
+        self._lanes: tuple[int, Lanes] | None = None  # (epoch, its lanes)
 
     # -- position --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -344,39 +441,23 @@ class SegmentStream:
         return self.batches_per_epoch * self.epochs
 
     # -- batches ---------------------------------------------------------------------------
-    def _set_epoch_order(self, epoch: int) -> None:
-        if self._order_epoch == epoch:
-            return
-        n = self._lengths.size
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        else:
-            order = np.arange(n)
-        lengths = self._lengths[order]
-        self._file_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # in the epoch's sequence
-        self._file_offset = self._offsets[order]  # in the shard
-        self._order_epoch = epoch
+    def lanes(self, epoch: int = 0) -> Lanes:
+        """This process's lanes of epoch ``epoch`` (the files in that epoch's order)."""
+        if self._lanes is None or self._lanes[0] != epoch:
+            n = self._lengths.size
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            lanes = Lanes(self.data, self._offsets[order], self._lengths[order],
+                          self.batch_size * self.world_size, self.tgt_len,
+                          first_lane=self.rank * self.batch_size, batch_size=self.batch_size)
+            self._lanes = (epoch, lanes)
+        return self._lanes[1]
 
     def batch(self, epoch: int, index: int) -> Batch:
         """Batch ``index`` of epoch ``epoch`` (pure: does not move the stream's position)."""
-        self._set_epoch_order(epoch)
-        B, T, N = self.batch_size, self.tgt_len, self.n_tokens
-        # virtual positions in the epoch's concatenated sequence, one extra for the last target
-        v = self._stream_start[:, None] + index * T + np.arange(T + 1)[None, :]  # (B, T+1)
-        vc = np.minimum(v, N - 1)
-        fidx = np.searchsorted(self._file_start, vc, side="right") - 1  # (B, T+1) file of each position
-        fstart = self._file_start[fidx]
-        tok = self.data[self._file_offset[fidx] + (vc - fstart)].astype(np.int64)  # (B, T+1)
-        live = v[:, :T] < self._stream_end[:, None]  # (B, T) inside this stream
-        has_next = live & (v[:, 1:] < N) & (fidx[:, 1:] == fidx[:, :T])
-        tokens = np.where(live, tok[:, :T], 0)
-        targets = np.where(has_next, tok[:, 1:], IGNORE_INDEX)
-        since = np.maximum(fstart[:, :T], self._stream_start[:, None])  # file start, or stream start
-        doc_pos = np.where(live, v[:, :T] - since, 0)
-        assert tokens.shape == (B, T)
-        import torch
+        import torch  # here, not at the top: see the module docstring
 
-        return Batch(torch.from_numpy(tokens), torch.from_numpy(targets), torch.from_numpy(doc_pos),
+        b = self.lanes(epoch).batch(index)
+        return Batch(torch.from_numpy(b.tokens), torch.from_numpy(b.targets), torch.from_numpy(b.doc_pos),
                      epoch, index)
 
     def __iter__(self):

@@ -11,7 +11,12 @@ sees between ``mem_len + 1`` and ``mem_len + tgt_len`` tokens directly (fewer ne
 and up to ``n_layer * mem_len`` through the recurrence. ``clamp_len`` makes every relative distance
 beyond it share one positional embedding; ``same_length`` makes every query in a segment attend over the
 same number of keys. All four may be set at evaluation differently from training: a relative-position
-model can use a longer memory than it was trained with (as the paper does).
+model can use a longer memory than it was trained with (as the paper does); they are a ``Lengths``
+value passed to the model, the checkpoint's config is never changed.
+
+Who owns what: :func:`score_lanes` owns the memory of a pass (one per batch of lanes, keys and values
+included: the weights do not change during a pass); the lanes (which document goes where) come from
+:mod:`txl_audio.data`. The trainer's validation calls the same :func:`score_lanes`.
 """
 
 from __future__ import annotations
@@ -20,140 +25,22 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from txl_audio import audio
 from txl_audio.baselines import bootstrap_ci, compressor_baselines
-from txl_audio.model import compiled_layers
-
-IGNORE = -100  # targets that are not predicted (the model's IGNORE_INDEX)
-LENGTH_FIELDS = ("mem_len", "tgt_len", "clamp_len", "same_length")
-
-
-# ----------------------------------------------------------------------------------------------
-# evaluation-time lengths
-
-
-@dataclass
-class Lengths:
-    mem_len: int
-    tgt_len: int
-    clamp_len: int
-    same_length: bool
-
-
-@contextmanager
-def evaluation_lengths(
-    model: torch.nn.Module,
-    mem_len: int | None = None,
-    tgt_len: int | None = None,
-    clamp_len: int | None = None,
-    same_length: bool | None = None,
-) -> Iterator[Lengths]:
-    """Temporarily set the model's memory/segment settings (None keeps the trained value); restored on
-    exit. The model reads them from ``model.config`` at each forward pass."""
-    cfg = model.config
-    new = {"mem_len": mem_len, "tgt_len": tgt_len, "clamp_len": clamp_len, "same_length": same_length}
-    new = {k: (getattr(cfg, k) if v is None else v) for k, v in new.items()}
-    if new["mem_len"] < 0 or new["tgt_len"] <= 0:
-        raise ValueError(f"evaluation needs mem_len >= 0 and tgt_len > 0, got {new}")
-    if getattr(cfg, "attention", "relative") == "absolute":
-        if new["mem_len"] != 0:
-            raise ValueError(
-                "this checkpoint is the absolute-position baseline: it has no recurrence memory and can only "
-                f"be evaluated with mem_len 0 (got --mem-len {new['mem_len']})"
-            )
-        if new["tgt_len"] > cfg.tgt_len:
-            raise ValueError(
-                f"the absolute-position baseline learned positions 0..{cfg.tgt_len - 1} only: "
-                f"evaluate it with --tgt-len <= {cfg.tgt_len} (got {new['tgt_len']})"
-            )
-    saved = {k: getattr(cfg, k) for k in LENGTH_FIELDS}
-    try:
-        for k, v in new.items():
-            setattr(cfg, k, v)
-        yield Lengths(
-            int(new["mem_len"]), int(new["tgt_len"]), int(new["clamp_len"]), bool(new["same_length"])
-        )
-    finally:
-        for k, v in saved.items():
-            setattr(cfg, k, v)
-
-
-# ----------------------------------------------------------------------------------------------
-# lanes: how documents are laid out in the batch
-
-
-class _PerFileLanes:
-    """Each document starts at a segment boundary of some lane, so it is split into segments exactly as
-    when evaluated alone; its last segment is padded (targets ignored) and the next document's first
-    token has doc_pos 0, so nothing crosses the boundary. Longest-first onto the shortest lane."""
-
-    def __init__(self, docs: Sequence[np.ndarray], batch_size: int, tgt_len: int):
-        self.docs, self.T = docs, tgt_len
-        n_seg = [math.ceil((len(d) - 1) / tgt_len) for d in docs]
-        self.lanes: list[list[tuple[int, int]]] = [[] for _ in range(min(batch_size, max(1, len(docs))))]
-        for i in sorted(range(len(docs)), key=lambda i: -n_seg[i]):
-            lane = min(self.lanes, key=len)
-            lane.extend((i, k) for k in range(n_seg[i]))
-        self.lanes = [lane for lane in self.lanes if lane] or [[]]
-        self.n_steps = max(len(lane) for lane in self.lanes)
-
-    def batch(self, step: int) -> tuple[np.ndarray, ...]:
-        B, T = len(self.lanes), self.T
-        inp = np.zeros((B, T), np.int64)
-        tgt = np.full((B, T), IGNORE, np.int64)
-        pos = np.zeros((B, T), np.int64)
-        fid = np.full((B, T), -1, np.int64)
-        for b, lane in enumerate(self.lanes):
-            if step >= len(lane):
-                continue
-            i, k = lane[step]
-            d = self.docs[i]
-            lo, hi = k * T, min(k * T + T, len(d) - 1)
-            inp[b, : hi - lo] = d[lo:hi]
-            tgt[b, : hi - lo] = d[lo + 1 : hi + 1]
-            pos[b] = np.arange(lo, lo + T)  # the padding continues the file: it sees it, nothing sees it
-            fid[b, : hi - lo] = i
-        return inp, tgt, pos, fid
-
-
-class _StreamLanes:
-    """The documents concatenated in order and cut into ``batch_size`` contiguous lanes (the paper's
-    ordered evaluation). Every prediction is counted once; targets across a file boundary are ignored and
-    doc_pos stops attention across it; segments are not aligned with file starts."""
-
-    def __init__(self, docs: Sequence[np.ndarray], batch_size: int, tgt_len: int):
-        self.T = tgt_len
-        self.stream = np.concatenate([np.asarray(d) for d in docs])  # corpus dtype: 1 byte per 8-bit token
-        lengths = np.array([len(d) for d in docs], np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        self.ends = self.starts + lengths
-        N = len(self.stream)
-        per_lane = math.ceil(N / batch_size)
-        self.lane_lo = np.arange(0, N, per_lane, dtype=np.int64)
-        self.lane_hi = np.minimum(self.lane_lo + per_lane, N)
-        self.n_steps = math.ceil(per_lane / tgt_len)
-
-    def batch(self, step: int) -> tuple[np.ndarray, ...]:
-        g = self.lane_lo[:, None] + step * self.T + np.arange(self.T)  # (B, T) global positions
-        live = g < self.lane_hi[:, None]
-        g = np.minimum(g, len(self.stream) - 1)
-        doc = np.searchsorted(self.starts, g, side="right") - 1
-        predicted = live & (g + 1 < self.ends[doc])
-        inp = np.where(live, self.stream[g].astype(np.int64), 0)
-        nxt = self.stream[np.minimum(g + 1, len(self.stream) - 1)].astype(np.int64)
-        tgt = np.where(predicted, nxt, IGNORE)
-        pos = np.where(live, g - self.starts[doc], 0)
-        fid = np.where(predicted, doc, -1)
-        return inp, tgt, pos, fid
-
+from txl_audio.config import Lengths
+from txl_audio.data import IGNORE_INDEX, Corpus, FileLanes, LaneBatch, Lanes
+from txl_audio.model import TransformerXL, compiled_layers
+from txl_audio.tokenizers import metric_name
 
 # ----------------------------------------------------------------------------------------------
 # results
@@ -205,9 +92,7 @@ class EvalResult:
 
     @property
     def metric(self) -> str:
-        return {"sample": "bits per sample", "byte": "bits per character", "word": "bits per word"}.get(
-            self.unit, f"bits per {self.unit}"
-        )
+        return metric_name(self.unit)
 
     def file_bits(self) -> np.ndarray:
         return np.array([f.bits_per_token for f in self.files if f.tokens > 0])
@@ -294,8 +179,75 @@ class EvalResult:
 # the model pass
 
 
+@dataclass
+class LaneScores:
+    """Summed NLL (nats) and predictions per document of a pass over lanes, and optionally by the
+    predicted token's position in its document (bucket k: edges[k-1] <= index < edges[k])."""
+
+    nll: torch.Tensor  # (n_docs,) float64
+    count: torch.Tensor  # (n_docs,) int64
+    position_nll: torch.Tensor | None = None  # (n_buckets,) float64
+    position_count: torch.Tensor | None = None  # (n_buckets,) int64
+
+
+@torch.inference_mode()
+def score_lanes(
+    model: TransformerXL,
+    lanes: Lanes | FileLanes,
+    n_docs: int,
+    lengths: Lengths,
+    *,
+    autocast: Callable[[], Any] = nullcontext,
+    position_edges: Sequence[int] | None = None,
+    max_steps: int | None = None,
+    on_batch: Callable[[LaneBatch], None] | None = None,
+) -> LaneScores:
+    """Run the model over ``lanes`` batch by batch, carrying the memory along each lane, and sum the
+    NLL of every predicted token into its document (0 .. n_docs - 1). The memory's keys and values go
+    along with it (``keep_kv``): the weights do not change during the pass. ``max_steps`` stops early
+    (the trainer's capped validation). Used by :func:`evaluate_tokens` and the trainer's validation, so
+    both report the same numbers for the same lanes."""
+    device = next(model.parameters()).device
+    nll = torch.zeros(n_docs + 1, dtype=torch.float64, device=device)  # last slot: no target
+    cnt = torch.zeros(n_docs + 1, dtype=torch.int64, device=device)
+    edges = torch.tensor(list(position_edges or []), dtype=torch.int64, device=device)
+    n_buckets = max(len(edges) - 1, 0)
+    pos_nll = torch.zeros(n_buckets + 2, dtype=torch.float64, device=device)
+    pos_cnt = torch.zeros(n_buckets + 2, dtype=torch.int64, device=device)
+    mems = None
+    steps = lanes.n_steps if max_steps is None else min(max_steps, lanes.n_steps)
+    for step in range(steps):
+        b = lanes.batch(step)
+        tokens, targets, doc_pos, doc = (
+            torch.from_numpy(a).to(device, non_blocking=True) for a in (b.tokens, b.targets, b.doc_pos, b.doc)
+        )
+        with autocast():
+            out = model(tokens, mems, targets, doc_pos, lengths=lengths, return_logits=False, keep_kv=True)
+        mems = out.mems
+        predicted = targets != IGNORE_INDEX
+        loss = torch.where(predicted, out.loss.float(), 0.0).double().reshape(-1)  # (B*T,)
+        slot = torch.where(doc >= 0, doc, n_docs).reshape(-1)
+        nll.index_add_(0, slot, loss)
+        cnt.index_add_(0, slot, predicted.reshape(-1).long())
+        if n_buckets:
+            # bucket of the predicted token's index in its file (= input's doc_pos + 1)
+            k = torch.bucketize(doc_pos + 1, edges, right=True).clamp_(0, n_buckets + 1)
+            k = torch.where(predicted, k, n_buckets + 1).reshape(-1)
+            pos_nll.index_add_(0, k, loss)
+            pos_cnt.index_add_(0, k, predicted.reshape(-1).long())
+        if on_batch is not None:
+            on_batch(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    scores = LaneScores(nll[:n_docs], cnt[:n_docs])
+    if n_buckets:
+        # bucket k of bucketize(right=True) holds edges[k-1] <= x < edges[k]; keep the in-range ones
+        scores.position_nll, scores.position_count = pos_nll[1 : n_buckets + 1], pos_cnt[1 : n_buckets + 1]
+    return scores
+
+
 def evaluate_tokens(
-    model: torch.nn.Module,
+    model: TransformerXL,
     docs: Sequence[np.ndarray],
     names: Sequence[str] | None = None,
     *,
@@ -319,14 +271,17 @@ def evaluate_tokens(
     Per-file mode (default): every document from an empty memory, many per batch (segments aligned to
     each document's start, so the result equals evaluating each alone). ``stream=True``: the documents
     in order as one stream cut into ``batch_size`` lanes, memory carried across segments.
-    ``position_edges``: also sum the loss by the predicted token's index in its file, bucketed.
-    ``compile``: run the model's layers through ``torch.compile`` (worth its start-up time on a GPU
-    and a large split; the result equals the plain path up to float rounding).
+    ``mem_len``, ``tgt_len``, ``clamp_len``, ``same_length``: the lengths to evaluate with (None = the
+    trained value; see ``ModelConfig.lengths``). ``position_edges``: also sum the loss by the
+    predicted token's index in its file, bucketed. ``compile``: run the model's layers through
+    ``torch.compile`` (worth its start-up time on a GPU and a large split; the result equals the plain
+    path up to float rounding).
     """
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    L = model.config.lengths(mem_len, tgt_len, clamp_len, same_length)
     names = list(names) if names is not None else [f"doc{i}" for i in range(len(docs))]
     docs = [np.asarray(d) for d in docs]
     vocab = model.config.vocab_size
@@ -339,57 +294,34 @@ def evaluate_tokens(
     if not usable:
         raise ValueError("nothing to evaluate: every file has fewer than 2 tokens")
     device = next(model.parameters()).device
+    sub = [docs[i] for i in usable]
+    if stream:
+        lanes: Lanes | FileLanes = Lanes.of_documents(sub, batch_size, L.tgt_len)
+    else:
+        lanes = FileLanes(sub, batch_size, L.tgt_len)
+    n = len(sub)
+    preds = np.array([len(d) - 1 for d in sub])
+    scale = sample_rate or 1
+    bar = _progress(progress, preds.sum() / scale, "s audio" if sample_rate else "tok")
+    done = np.zeros(n, np.int64)
+
+    def on_batch(b: LaneBatch) -> None:
+        valid = b.doc[b.doc >= 0]
+        done[:] += np.bincount(valid, minlength=n)
+        bar.update(len(valid) / scale)
+        bar.set_postfix_str(f"files {(done >= preds).sum()}/{n}", refresh=False)
+
+    bf16 = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)  # noqa: E731
+    t0 = time.perf_counter()
+    with compiled_layers(model, compile):
+        scores = score_lanes(model, lanes, n, L, autocast=bf16 if dtype == "bf16" else nullcontext,
+                             position_edges=position_edges, on_batch=None if bar is None else on_batch)
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
     results = [FileResult(names[i], max(len(docs[i]) - 1, 0), 0.0) for i in range(len(docs))]
-    lengths = evaluation_lengths(model, mem_len, tgt_len, clamp_len, same_length)
-    with lengths as L, compiled_layers(model, compile):
-        sub = [docs[i] for i in usable]
-        lanes = (_StreamLanes if stream else _PerFileLanes)(sub, batch_size, L.tgt_len)
-        n = len(sub)
-        nll = torch.zeros(n + 1, dtype=torch.float64, device=device)  # last slot: padding
-        edges = torch.tensor(list(position_edges or []), dtype=torch.int64, device=device)
-        n_buckets = max(len(edges) - 1, 0)
-        pos_nll = torch.zeros(n_buckets + 2, dtype=torch.float64, device=device)
-        pos_cnt = torch.zeros(n_buckets + 2, dtype=torch.int64, device=device)
-        preds = np.array([len(d) - 1 for d in sub])
-        done = np.zeros(n, np.int64)
-        scale = sample_rate or 1
-        bar = _progress(progress, preds.sum() / scale, "s audio" if sample_rate else "tok", n)
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-            if dtype == "bf16"
-            else nullcontext()
-        )
-        mems = None
-        t0 = time.perf_counter()
-        with torch.inference_mode(), autocast:
-            for step in range(lanes.n_steps):
-                inp, tgt, pos, fid = lanes.batch(step)
-                ti, tt, tp, tf = (
-                    torch.from_numpy(a).to(device, non_blocking=True) for a in (inp, tgt, pos, fid)
-                )
-                out = model(ti, mems=mems, targets=tt, doc_pos=tp, return_logits=False)
-                mems = out.mems
-                loss = torch.where(tt != IGNORE, out.loss.float(), 0.0).double()  # (B, T)
-                slot = torch.where(tf >= 0, tf, n)
-                nll.index_add_(0, slot.reshape(-1), loss.reshape(-1))
-                if n_buckets:
-                    # bucket of the predicted token's index in its file (= input's doc_pos + 1)
-                    b = torch.bucketize(tp + 1, edges, right=True).clamp_(0, n_buckets + 1)
-                    b = torch.where(tt != IGNORE, b, n_buckets + 1).reshape(-1)
-                    pos_nll.index_add_(0, b, loss.reshape(-1))
-                    pos_cnt.index_add_(0, b, (tt != IGNORE).reshape(-1).long())
-                if bar is not None:
-                    valid = fid[fid >= 0]
-                    done += np.bincount(valid, minlength=n)
-                    bar.update(len(valid) / scale)
-                    bar.set_postfix_str(f"files {(done >= preds).sum()}/{n}", refresh=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
     for j, i in enumerate(usable):
-        results[i].nll_nats = float(nll[j])
+        results[i].nll_nats = float(scores.nll[j])
     if baselines:
         sizes = compressor_baselines(sub, vocab)
         for (xz, bz), i in zip(sizes, usable):
@@ -406,19 +338,16 @@ def evaluate_tokens(
         device=str(device),
         dtype=dtype,
     )
-    if n_buckets:
-        # bucket k of bucketize(right=True) holds edges[k-1] <= x < edges[k]; keep the in-range ones
-        res.position_edges = [int(e) for e in edges.tolist()]
-        res.position_nll = pos_nll[1 : n_buckets + 1].tolist()
-        res.position_tokens = pos_cnt[1 : n_buckets + 1].tolist()
+    if scores.position_nll is not None:
+        res.position_edges = [int(e) for e in position_edges]
+        res.position_nll = scores.position_nll.tolist()
+        res.position_tokens = scores.position_count.tolist()
     return res
 
 
-def _progress(enabled: bool, total: float, unit: str, n_files: int):
+def _progress(enabled: bool, total: float, unit: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=round(float(total), 2),
         unit=unit,
@@ -433,7 +362,7 @@ def _progress(enabled: bool, total: float, unit: str, n_files: int):
 # sources: a prepared corpus, or audio / text files tokenized on the fly
 
 
-def corpus_documents(corpus: Any, split: str) -> tuple[list[np.ndarray], list[str]]:
+def corpus_documents(corpus: Corpus, split: str) -> tuple[list[np.ndarray], list[str]]:
     """Each file of a prepared corpus split as a token array (views into the memmap) and its name."""
     tokens = corpus.tokens(split)
     files = corpus.files(split)
@@ -445,8 +374,6 @@ def corpus_documents(corpus: Any, split: str) -> tuple[list[np.ndarray], list[st
 
 def file_documents(tokenizer: Any, paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str]]:
     """Audio files/folders (or text files for text tokenizers) tokenized with the checkpoint's tokenizer."""
-    from txl_audio import audio
-
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -457,7 +384,7 @@ def file_documents(tokenizer: Any, paths: Sequence[str | Path]) -> tuple[list[np
             )
             if not found:
                 raise FileNotFoundError(
-                    f"{p}: folder holds no {'audio' if tokenizer.unit == 'sample' else ''} files"
+                    f"{p}: folder holds no {'audio' if tokenizer.unit == 'sample' else 'text'} files"
                 )
             files += found
         elif p.is_file():
@@ -475,28 +402,34 @@ def file_documents(tokenizer: Any, paths: Sequence[str | Path]) -> tuple[list[np
     return docs, [str(p) for p in files]
 
 
-def evaluate_corpus(model: torch.nn.Module, corpus: Any, split: str = "test", **kwargs: Any) -> EvalResult:
-    """:func:`evaluate_tokens` on every file of a prepared corpus split (``Corpus`` from data.py)."""
-    docs, names = corpus_documents(corpus, split)
-    unit = getattr(corpus.tokenizer, "unit", "sample")
-    kwargs.setdefault("sample_rate", _sample_rate(corpus.meta, unit))
-    return evaluate_tokens(model, docs, names, unit=unit, split=split, **kwargs)
+@dataclass
+class Documents:
+    """What a command evaluates: token documents, their names, the unit, the sample rate (audio) and
+    a label for the split."""
+
+    docs: list[np.ndarray]
+    names: list[str]
+    unit: str
+    sample_rate: int | None
+    split: str
 
 
-def evaluate_files(
-    model: torch.nn.Module, tokenizer: Any, paths: Sequence[str | Path], **kwargs: Any
-) -> EvalResult:
-    """:func:`evaluate_tokens` on audio files or folders, tokenized on the fly."""
-    from txl_audio.audio import SAMPLE_RATE
-
+def load_documents(tokenizer: Any, corpus: str | Path | None = None, split: str = "test",
+                   paths: Sequence[str | Path] | None = None) -> Documents:
+    """A prepared corpus split (``corpus``, ``split``) or files (``paths``) as documents for a model
+    with ``tokenizer``; a corpus prepared with another tokenizer is refused."""
+    if corpus is not None:
+        c = Corpus(corpus)
+        if c.tokenizer.to_dict() != tokenizer.to_dict():
+            raise ValueError(
+                f"corpus {corpus} was tokenized with {c.tokenizer.to_dict()} but the checkpoint "
+                f"uses {tokenizer.to_dict()}; prepare the corpus with the checkpoint's tokenizer"
+            )
+        docs, names = corpus_documents(c, split)
+        sr = int(c.sample_rate or audio.SAMPLE_RATE) if tokenizer.unit == "sample" else None
+        return Documents(docs, names, tokenizer.unit, sr, split)
+    if not paths:
+        raise ValueError("give a corpus or some files to evaluate")
     docs, names = file_documents(tokenizer, paths)
-    kwargs.setdefault("sample_rate", SAMPLE_RATE if tokenizer.unit == "sample" else None)
-    return evaluate_tokens(model, docs, names, unit=tokenizer.unit, split="files", **kwargs)
-
-
-def _sample_rate(meta: dict, unit: str) -> int | None:
-    if unit != "sample":
-        return None
-    from txl_audio.audio import SAMPLE_RATE
-
-    return int(meta.get("sample_rate") or SAMPLE_RATE)
+    sr = audio.SAMPLE_RATE if tokenizer.unit == "sample" else None
+    return Documents(docs, names, tokenizer.unit, sr, "files")

@@ -1,26 +1,27 @@
-"""Autoregressive sampling from a Transformer-XL, one token (audio sample) at a time.
+"""Autoregressive sampling from a Transformer-XL, one token (audio sample, byte or word) at a time.
 
 ``sample()`` conditions on a prompt (or a start token) and draws new tokens with temperature, top-k
-and top-p. The model is fed through a decoder (:mod:`txl_audio.decoders`):
+and top-p. The model is fed through a decoder (:mod:`txl_audio.decoders`), which owns the stream's
+past:
 
-- with the cache (``use_cache=True``, the default): keys and values of every layer are kept, so one
-  new token costs attention over the cache (O(context x d) per layer). ``decoder="static"`` (default)
-  keeps them in fixed-shape ring buffers and replays the step as a CUDA graph on CUDA;
-  ``decoder="cached"`` uses the model's own ``init_cache`` / ``step``;
+- with the cache (``use_cache=True``, the default): every layer's keys and values in the model's
+  ring-buffer cache, so one new token costs attention over the cache (O(context x d) per layer); on
+  CUDA the step is replayed as a CUDA graph;
 - without (``use_cache=False``): the reference path, decoding by *feeding memories back*: each token
   runs ``model(token, mems=context)`` with every layer's hidden states of the visible past, which
   re-projects the whole context every step (O(context x d^2) per layer). Slow and obviously right;
   tests and benchmarks compare the cached path against it.
 
-All see exactly the context the model had in training: segments of ``tgt_len`` tokens from token 0
+Both see exactly the context the model had in training: segments of ``tgt_len`` tokens from token 0
 of the stream (the prompt's first token, or the start token), each attending to its own earlier
 tokens plus the ``mem_len`` positions before the segment. So the context slides in steps of
 ``tgt_len``, never grows past ``mem_len + tgt_len``, and generation runs for minutes at a constant
 cost per token.
 
-Without a prompt, decoding starts from one *start token* that is not part of the output: by default
-the tokenizer's code for silence (``tokenizer.encode(0.0)``; ``vocab_size // 2`` when no tokenizer is
-given, which is the same code for the symmetric mu-law and linear tokenizers).
+Without a prompt, decoding starts from one *start token* that is not part of the output: the
+tokenizer's code for silence for audio (``tokenizer.encode(0.0)``), the end of a line for text
+(``<eos>`` for words, ``\n`` for bytes); ``vocab_size // 2`` when no tokenizer is given, which is the
+silence code of the symmetric mu-law and linear tokenizers.
 
 Sampling draws ``argmax(p / E)`` with ``E ~ Exponential(1)`` i.i.d. (equivalent to Gumbel-max), which
 picks token i with probability p_i, stays on the device (no host sync per step) and is reproducible
@@ -32,15 +33,24 @@ C = context positions.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
+from txl_audio.audio import SAMPLE_RATE, load_audio, save_audio
+from txl_audio.checkpoint import load_model, resolve_checkpoint
+from txl_audio.config import Lengths
 from txl_audio.decoders import make_decoder
 from txl_audio.devices import device_name, resolve_device
+from txl_audio.model import TransformerXL
+from txl_audio.spectrogram import plot_spectrogram
 
 ProgressFn = Callable[[int], None]
 
@@ -117,33 +127,27 @@ def draw(
 # decoding
 
 
-def silence_token(tokenizer: Any = None, vocab_size: int | None = None) -> int:
-    """The code of 0.0 (silence): the default start token of unconditional generation."""
+def start_token(tokenizer: Any = None, vocab_size: int | None = None) -> int:
+    """Where unconditional generation starts: silence (the code of 0.0) for audio, the end of a line
+    for text (``<eos>`` for words, ``\\n`` for bytes)."""
     if tokenizer is not None:
-        import numpy as np
-
-        return int(np.asarray(tokenizer.encode(np.zeros(1, dtype=np.float32))).reshape(-1)[0])
+        if tokenizer.unit == "sample":
+            return int(np.asarray(tokenizer.encode(np.zeros(1, dtype=np.float32))).reshape(-1)[0])
+        return int(np.asarray(tokenizer.encode("\n")).reshape(-1)[0])  # words: <eos>; bytes: "\n"
     if vocab_size is None:
-        raise ValueError("silence_token needs a tokenizer or a vocab_size")
+        raise ValueError("start_token needs a tokenizer or a vocab_size")
     return vocab_size // 2
 
 
-def _model_config(model: torch.nn.Module):
-    config = getattr(model, "config", None)
-    if config is None:
-        raise ValueError("sample() needs a txl_audio TransformerXL (a model with .config)")
-    return config
-
-
-def _device(model: torch.nn.Module) -> torch.device:
+def _device(model: TransformerXL) -> torch.device:
     return next(model.parameters()).device
 
 
 def _start_tokens(
-    model: torch.nn.Module, prompt: torch.Tensor | None, batch_size: int | None, start_token: int | None
+    model: TransformerXL, prompt: torch.Tensor | None, batch_size: int | None, start_token: int | None
 ) -> torch.Tensor:
     """The tokens decoding conditions on: the prompt (B, P), or one start token per stream (B, 1)."""
-    config = _model_config(model)
+    config = model.config
     device = _device(model)
     if prompt is not None:
         prompt = torch.as_tensor(prompt)
@@ -173,7 +177,7 @@ def _progress_every(batch_size: int) -> int:
 
 @torch.inference_mode()
 def sample(
-    model: torch.nn.Module,
+    model: TransformerXL,
     prompt_tokens: torch.Tensor | None,
     n_new: int,
     temperature: float = 1.0,
@@ -187,6 +191,7 @@ def sample(
     progress: ProgressFn | None = None,
     decoder: str | None = None,
     cuda_graph: bool | None = None,
+    lengths: Lengths | None = None,
 ) -> torch.Tensor:
     """Continue ``prompt_tokens (B, P)`` (or start from ``start_token``, ``batch_size`` streams) by
     ``n_new`` tokens; returns the new tokens ``(B, n_new)`` int64 on the model's device.
@@ -194,10 +199,10 @@ def sample(
     temperature 0 = greedy. ``generator`` (on the model's device) makes the draws reproducible.
     ``use_cache=False`` runs the slow reference path. ``progress(n)`` is called now and then with the
     number of tokens per stream generated so far. ``decoder`` picks the implementation
-    (:mod:`txl_audio.decoders`): "static" (the default with the cache: fixed-shape ring buffers, a
-    CUDA graph on CUDA unless ``cuda_graph=False``), "cached" (the model's own ``step``) or
-    "reference" (the default without it). Run the model in eval mode; for bf16, convert it
-    (``model.to(torch.bfloat16)``).
+    (:mod:`txl_audio.decoders`): "cached" (the default with the cache: ``model.step`` over a ring
+    buffer, a CUDA graph on CUDA unless ``cuda_graph=False``) or "reference" (the default without it).
+    ``lengths``: the memory and segment lengths to decode with (default: the trained ones). Run the
+    model in eval mode; for bf16, convert it (``model.to(torch.bfloat16)``).
     """
     check_sampling_args(temperature, top_k, top_p)
     if n_new < 0:
@@ -207,10 +212,10 @@ def sample(
     out = torch.empty(B, n_new, dtype=torch.long, device=tokens.device)
     if n_new == 0:
         return out
-    kind = decoder or ("static" if use_cache else "reference")
+    kind = decoder or ("cached" if use_cache else "reference")
     if not use_cache and kind != "reference":
         raise ValueError(f"use_cache=False is the reference path; decoder={kind!r} contradicts it")
-    dec = make_decoder(model, B, kind, cuda_graph)
+    dec = make_decoder(model, B, kind, cuda_graph, lengths)
     logits = dec.prefill(tokens)
     every = _progress_every(B)
     for i in range(n_new):
@@ -253,30 +258,28 @@ def generate_files(
     plots: bool = True,
     show_progress: bool | None = None,
     threads: int | None = None,
+    tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Generate ``num`` clips of ``seconds`` from a checkpoint into ``out_dir``: sample_NNN.wav
-    (16 kHz mono: the prompt, then the continuation), sample_NNN.png (spectrogram) and
-    generation.json (settings, speed, device); returns the JSON's contents.
+    """Generate ``num`` samples from a checkpoint into ``out_dir`` and write generation.json (settings,
+    speed, device); returns the JSON's contents.
 
-    Speed is reported as samples per second of generated audio (all streams together and per
-    stream) and as the real-time factor: samples per second / 16,000, above 1 = faster than real time.
-    ``dtype="bf16"`` runs a bf16 copy of the weights and cache (no autocast: nothing to cast per step).
-    ``threads``: CPU threads while decoding; default 1 (one token at a time is a chain of tiny ops:
-    more threads rarely help and, on a busy machine, make it many times slower).
+    Audio models: sample_NNN.wav (16 kHz mono: the prompt, then ``seconds`` of continuation) and
+    sample_NNN.png (its spectrogram). Text models (bytes or words): sample_NNN.txt (the prompt text, then
+    ``tokens`` new tokens, 200 by default). ``tokens`` sets the new tokens for audio models too
+    (samples, instead of ``seconds``).
+
+    Speed is reported as tokens (samples) per second of generation, all streams together and per
+    stream, and for audio as the real-time factor: samples per second / 16,000, above 1 = faster than
+    real time. ``dtype="bf16"`` runs a bf16 copy of the weights and cache (no autocast: nothing to cast
+    per step). ``threads``: CPU threads while decoding; default 1 (one token at a time is a chain of
+    tiny ops: more threads rarely help and, on a busy machine, make it many times slower).
     """
-    import json
-    from pathlib import Path
-
-    import numpy as np
-    from tqdm import tqdm
-
-    from txl_audio.audio import SAMPLE_RATE, load_audio, save_audio
-    from txl_audio.checkpoint import load_model, resolve_checkpoint
-
     check_sampling_args(temperature, top_k, top_p)
     for name, value in (("seconds", seconds), ("num", num), ("batch_size", batch_size)):
         if not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if tokens is not None and tokens <= 0:
+        raise ValueError(f"--tokens must be positive, got {tokens}")
     dev = resolve_device(device)
     if dtype == "auto":
         dtype = "bf16" if dev.type == "cuda" else "fp32"
@@ -286,31 +289,34 @@ def generate_files(
     model, tokenizer, run_config = load_model(ckpt_path, dev)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
-    if getattr(tokenizer, "unit", "sample") != "sample":
-        raise ValueError(
-            f"{ckpt_path}: this checkpoint models text ({type(tokenizer).__name__}); generate makes audio "
-            "and needs a checkpoint trained on an audio corpus"
-        )
+    audio = tokenizer.unit == "sample"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     prompt_tokens = None
     prompt_wave = np.zeros(0, dtype=np.float32)
+    prompt_text = ""
     if prompt is not None:
-        wave = load_audio(prompt, SAMPLE_RATE)  # resampled to 16 kHz, mono
-        if prompt_seconds and prompt_seconds > 0:
-            wave = wave[: max(1, round(prompt_seconds * SAMPLE_RATE))]
-        codes = np.asarray(tokenizer.encode(wave)).astype(np.int64)
+        if audio:
+            wave = load_audio(prompt, SAMPLE_RATE)  # resampled to 16 kHz, mono
+            if prompt_seconds and prompt_seconds > 0:
+                wave = wave[: max(1, round(prompt_seconds * SAMPLE_RATE))]
+            codes = np.asarray(tokenizer.encode(wave)).astype(np.int64)
+            prompt_wave = np.asarray(tokenizer.decode(codes), dtype=np.float32)  # what the model heard
+        else:
+            codes = _text_prompt(prompt, tokenizer)
+            prompt_text = tokenizer.decode(codes)  # what the model read (unknown words as <unk>)
         prompt_tokens = torch.from_numpy(codes).unsqueeze(0)  # (1, P)
-        prompt_wave = np.asarray(tokenizer.decode(codes), dtype=np.float32)  # what the model heard
     boundary = prompt_wave.size / SAMPLE_RATE
-    n_new = max(1, round(seconds * SAMPLE_RATE))
+    n_new = tokens or (max(1, round(seconds * SAMPLE_RATE)) if audio else 200)
     generator = torch.Generator(device=dev).manual_seed(seed)
-    start = silence_token(tokenizer)
+    start = start_token(tokenizer)
 
-    bar = tqdm(total=round(num * n_new / SAMPLE_RATE, 3), unit="s", desc="generated audio",
+    per_unit = SAMPLE_RATE if audio else 1  # the bar counts seconds of audio, or tokens
+    bar = tqdm(total=round(num * n_new / per_unit, 3), unit="s" if audio else "tok",
+               desc="generated audio" if audio else "generated text",
                disable=None if show_progress is None else not show_progress,
-               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} s [{elapsed}<{remaining}{postfix}]")
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} {unit} [{elapsed}<{remaining}{postfix}]")
     files, done_tokens, gen_time = [], 0, 0.0
     threads_before = torch.get_num_threads()
     if dev.type == "cpu":
@@ -323,9 +329,10 @@ def generate_files(
 
             def progress(n: int, b=b, t0=t0, done=done_tokens, spent=gen_time) -> None:
                 total = done + b * n
-                bar.n = round(total / SAMPLE_RATE, 3)
+                bar.n = round(total / per_unit, 3)
                 rate = total / max(spent + time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"{rate / SAMPLE_RATE:.3f}x real time", refresh=False)
+                bar.set_postfix_str(f"{rate / SAMPLE_RATE:.3f}x real time" if audio else f"{rate:,.0f} tok/s",
+                                    refresh=False)
                 bar.refresh()
 
             new = sample(model, prompt_tokens, n_new, temperature, top_k, top_p, generator,
@@ -334,47 +341,82 @@ def generate_files(
             gen_time += now(dev) - t0
             done_tokens += b * n_new
             for j in range(b):
-                i = first + j
-                wave = np.concatenate([prompt_wave, np.asarray(tokenizer.decode(new[j]), dtype=np.float32)])
-                wav_path = out / f"sample_{i:03d}.wav"
-                save_audio(wav_path, wave, SAMPLE_RATE)
-                entry = {"wav": wav_path.name, "seconds": wave.size / SAMPLE_RATE}
-                if plots:
-                    from txl_audio.spectrogram import plot_spectrogram
-
-                    png = plot_spectrogram(wave, out / f"sample_{i:03d}.png", SAMPLE_RATE,
-                                           title=f"{wav_path.name} ({ckpt_path.name}, T={temperature})",
-                                           boundary_seconds=boundary if prompt is not None else None)
-                    entry["png"] = png.name
-                files.append(entry)
+                stem = f"sample_{first + j:03d}"
+                if audio:
+                    files.append(_write_audio(out, stem, prompt_wave, tokenizer.decode(new[j]), plots,
+                                              f"{ckpt_path.name}, T={temperature}",
+                                              boundary if prompt is not None else None))
+                else:
+                    path = out / f"{stem}.txt"
+                    path.write_text(prompt_text + tokenizer.decode(new[j]), encoding="utf-8")
+                    files.append({"txt": path.name, "tokens": int(n_new)})
     finally:
         bar.close()
         torch.set_num_threads(threads_before)
 
     rate = done_tokens / gen_time
+    streams = min(batch_size, num)
     report = {
         "checkpoint": str(ckpt_path),
         "model": run_config.to_dict()["model"],
         "tokenizer": tokenizer.to_dict(),
-        "sample_rate": SAMPLE_RATE,
+        "unit": tokenizer.unit,
+        "sample_rate": SAMPLE_RATE if audio else None,
         "settings": {
-            "seconds": seconds, "num": num, "batch_size": batch_size, "temperature": temperature,
+            "seconds": seconds if audio and tokens is None else None, "tokens": tokens, "num": num,
+            "batch_size": batch_size, "temperature": temperature,
             "top_k": top_k, "top_p": top_p, "seed": seed, "device": str(dev), "dtype": dtype,
             "threads": (threads or 1) if dev.type == "cpu" else None,
             "prompt": None if prompt is None else str(prompt),
-            "prompt_seconds": prompt_seconds if prompt is not None else None,
+            "prompt_seconds": prompt_seconds if prompt is not None and audio else None,
             "start_token": None if prompt is not None else start,
         },
-        "prompt_boundary_seconds": boundary,
-        "new_samples_per_clip": n_new,
-        "samples_per_second": rate,
-        "samples_per_second_per_stream": rate / min(batch_size, num),
-        "realtime_factor": rate / SAMPLE_RATE,
-        "realtime_factor_per_stream": rate / SAMPLE_RATE / min(batch_size, num),
+        "new_tokens_per_sample": n_new,
+        "tokens_per_second": rate,
+        "tokens_per_second_per_stream": rate / streams,
         "generation_seconds": gen_time,
         "device_name": name,
         "torch_version": torch.__version__,
         "files": files,
     }
+    if audio:
+        report.update({
+            "prompt_boundary_seconds": boundary,
+            "new_samples_per_clip": n_new,
+            "samples_per_second": rate,
+            "samples_per_second_per_stream": rate / streams,
+            "realtime_factor": rate / SAMPLE_RATE,
+            "realtime_factor_per_stream": rate / SAMPLE_RATE / streams,
+        })
+    else:
+        report["prompt_characters"] = len(prompt_text)
     (out / "generation.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _text_prompt(path: str, tokenizer: Any) -> np.ndarray:
+    """A text file as the model's tokens (words: one <eos> per line, as in preparation)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: prompt file not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: the prompt of a text model must be UTF-8 text ({e})") from None
+    codes = np.asarray(tokenizer.encode(text)).astype(np.int64)
+    if codes.size == 0:
+        raise ValueError(f"{path}: the prompt file is empty")
+    return codes
+
+
+def _write_audio(out: Path, stem: str, prompt_wave: np.ndarray, new_wave: Any, plots: bool, title: str,
+                 boundary: float | None) -> dict[str, Any]:
+    """stem.wav (the prompt, then the new samples) and, with ``plots``, stem.png (its spectrogram)."""
+    wave = np.concatenate([prompt_wave, np.asarray(new_wave, dtype=np.float32)])
+    wav_path = out / f"{stem}.wav"
+    save_audio(wav_path, wave, SAMPLE_RATE)
+    entry = {"wav": wav_path.name, "seconds": wave.size / SAMPLE_RATE}
+    if plots:
+        png = plot_spectrogram(wave, out / f"{stem}.png", SAMPLE_RATE, title=f"{wav_path.name} ({title})",
+                               boundary_seconds=boundary)
+        entry["png"] = png.name
+    return entry

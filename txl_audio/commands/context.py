@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from txl_audio.commands.evaluate import add_common, documents, load
+from txl_audio.commands.common import add_checkpoint_and_data, load
 
 HELP = """\
 Each file is evaluated from an empty memory at each --mem-lens value (a prediction then attends to up to
@@ -19,7 +19,7 @@ of the loss (in the spirit of the paper's RECL)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common(p)
+    add_checkpoint_and_data(p)
     p.add_argument(
         "--mem-lens",
         default="0,256,1024,4096",
@@ -51,7 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from txl_audio.context import analyse_context, summary_text, write_context
+    from txl_audio.context import (  # torch: see commands/__init__.py
+        analyse_context,
+        summary_text,
+        write_context,
+    )
+    from txl_audio.evaluate import load_documents
 
     try:
         mem_lens = [int(x) for x in args.mem_lens.split(",") if x.strip()]
@@ -60,14 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if not mem_lens or min(mem_lens) < 0:
         raise ValueError(f"--mem-lens needs non-negative integers, got {args.mem_lens!r}")
     curves = []
-    docs = names = None
-    first_tok = None
+    d = first_tok = None
     for ckpt in [args.checkpoint, *args.compare]:
         args.checkpoint = ckpt
-        model, tokenizer, _config, path = load(args)
+        model, tokenizer, path = load(args)
         if first_tok is None:
             first_tok = tokenizer.to_dict()
-            docs, names, unit, sr, _split = documents(args, tokenizer)
+            d = load_documents(tokenizer, args.corpus, args.split, args.audio)
         elif tokenizer.to_dict() != first_tok:
             raise ValueError(
                 f"{path}: its tokenizer {tokenizer.to_dict()} differs from the first checkpoint's "
@@ -76,21 +80,21 @@ def run(args: argparse.Namespace) -> int:
         curves.append(
             analyse_context(
                 model,
-                docs,
-                names,
+                d.docs,
+                d.names,
                 name=str(ckpt),
                 mem_lens=mem_lens,
                 tgt_len=args.tgt_len,
                 clamp_len=args.clamp_len,
-                sample_rate=sr,
-                unit=unit,
+                sample_rate=d.sample_rate,
+                unit=d.unit,
                 batch_size=args.batch_size,
                 dtype=args.dtype,
                 progress=not args.no_progress,
             )
         )
         del model
-    paths = write_context(curves, args.out, unit=unit, sample_rate=sr)
-    print(summary_text(curves, unit, sr))
+    paths = write_context(curves, args.out, unit=d.unit, sample_rate=d.sample_rate)
+    print(summary_text(curves, d.unit, d.sample_rate))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

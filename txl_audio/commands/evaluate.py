@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from txl_audio.commands.common import add_checkpoint_and_data, load
+
 LENGTHS_HELP = """\
 how the lengths interact: the model reads --tgt-len tokens per forward pass (one segment) and attends to
 those plus --mem-len cached hidden states of the tokens before them, so a prediction sees up to
@@ -19,41 +21,8 @@ changes nothing. The absolute-position baseline has no memory: it is evaluated w
 --tgt-len no longer than its training one."""
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """Arguments shared with ``txl-audio context``: checkpoint, data source, device."""
-    p.add_argument(
-        "checkpoint", type=Path, help="checkpoint file, or a run directory (its best.pt or newest)"
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--corpus", type=Path, help="a prepared corpus folder (prepare-audio / prepare-text)")
-    src.add_argument(
-        "--audio",
-        type=Path,
-        nargs="+",
-        metavar="PATH",
-        help="audio files or folders, tokenized with the checkpoint's tokenizer "
-        "(text files for a text model)",
-    )
-    p.add_argument("--split", default="test", help="corpus split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=int, default=8, help="files (or stream lanes) per batch (default 8)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--dtype",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="fp32 (default) or bf16 autocast (for CUDA; the loss is summed in fp64 either way)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (default 0: torch's choice; 1 is faster on a busy machine)",
-    )
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common(p)
+    add_checkpoint_and_data(p)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -88,59 +57,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def load(args: argparse.Namespace):
-    """(model on its device, tokenizer, RunConfig, checkpoint path) from the command's arguments."""
-    from txl_audio.checkpoint import load_model, resolve_checkpoint
-    from txl_audio.devices import resolve_device
-
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    path = resolve_checkpoint(args.checkpoint)
-    model, tokenizer, config = load_model(path, device=device)
-    return model, tokenizer, config, path
-
-
-def documents(args: argparse.Namespace, tokenizer):
-    """(docs, names, unit, sample_rate, split label) from --corpus/--split or --audio."""
-    from txl_audio.audio import SAMPLE_RATE
-    from txl_audio.evaluate import corpus_documents, file_documents
-
-    if args.corpus is not None:
-        from txl_audio.data import Corpus
-
-        corpus = Corpus(args.corpus)
-        if corpus.tokenizer.to_dict() != tokenizer.to_dict():
-            raise ValueError(
-                f"corpus {args.corpus} was tokenized with {corpus.tokenizer.to_dict()} but the checkpoint "
-                f"uses {tokenizer.to_dict()}; prepare the corpus with the checkpoint's tokenizer"
-            )
-        docs, names = corpus_documents(corpus, args.split)
-        split = args.split
-    else:
-        docs, names = file_documents(tokenizer, args.audio)
-        split = "files"
-    sr = SAMPLE_RATE if tokenizer.unit == "sample" else None
-    if args.corpus is not None and sr:
-        sr = int(corpus.meta.get("sample_rate") or SAMPLE_RATE)
-    return docs, names, tokenizer.unit, sr, split
-
-
 def run(args: argparse.Namespace) -> int:
-    from txl_audio.evaluate import evaluate_tokens
+    from txl_audio.evaluate import evaluate_tokens, load_documents  # torch: see commands/__init__.py
 
-    model, tokenizer, _config, path = load(args)
-    docs, names, unit, sr, split = documents(args, tokenizer)
+    model, tokenizer, path = load(args)
+    d = load_documents(tokenizer, args.corpus, args.split, args.audio)
     res = evaluate_tokens(
         model,
-        docs,
-        names,
-        unit=unit,
-        split=split,
+        d.docs,
+        d.names,
+        unit=d.unit,
+        split=d.split,
         mem_len=args.mem_len,
         tgt_len=args.tgt_len,
         clamp_len=args.clamp_len,
@@ -149,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         stream=args.stream,
         dtype=args.dtype,
         baselines=not args.no_baselines,
-        sample_rate=sr,
+        sample_rate=d.sample_rate,
         progress=not args.no_progress,
         compile=args.compile,
     )
@@ -159,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         source=str(args.corpus) if args.corpus else [str(a) for a in args.audio],
         compiled=args.compile,  # tokens/s then includes the compilation
     )
-    out = args.out or path.parent / f"eval_{split}"
+    out = args.out or path.parent / f"eval_{d.split}"
     res.write(out)
     print(f"checkpoint {path}")
     print(res.report())

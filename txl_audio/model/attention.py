@@ -13,9 +13,16 @@ The relative score of query i and key j (eq. in section 3.3, E = layer input, R 
          = (q_i + u) k_j^T + (q_i + v) r_{i-j}^T
 
 (a)+(c) is an ordinary attention score with queries q + u, so it runs inside
-``scaled_dot_product_attention``; (b)+(d) is computed once per layer as a (T, K+1) matrix against
-every distance and *shifted* so that column j holds distance i-j; it enters SDPA as the additive
-float mask, together with the -inf of masked keys.
+``scaled_dot_product_attention``; (b)+(d) enters SDPA as the additive float mask, together with the
+-inf of masked keys. It is computed in one of two ways, one per layout of the keys:
+
+- a segment over [memory; segment] (``forward``: training, validation, evaluation), keys at
+  consecutive positions: a (T, K+1) matrix against every distance, *shifted* (``rel_shift``, a free
+  view) so that column j holds distance i-j. Three implementations of the same arithmetic, each
+  tested against the einsum reference: ``RelativeAttentionCPU`` (CPU training, a custom backward),
+  SDPA with the shifted bias (training elsewhere), ``_relative_inference`` (no autograd);
+- a decoding step over a ring of W slots (``step``): scores against the W distances, gathered by
+  each slot's distance to the query.
 
 Masking is a function of the distance d = i - j (query and key positions in the stream) and one
 per-query limit: key j is visible to query i iff 0 <= d <= limit_i. The limit is the document
@@ -30,6 +37,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from txl_audio.model.memory import LayerMemory
 
 
 def sinusoid(positions: Tensor, dim: int) -> Tensor:
@@ -117,35 +126,39 @@ class MultiHeadAttention(nn.Module):
         r = self.r_net(pos_emb)  # (R, H*Dh)
         return r.view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, R, Dh)
 
-    def project(self, x: Tensor, mem: Tensor | None, mem_kv: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def project(
+        self, x: Tensor, mem: Tensor | None = None, mem_kv: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries for x (B, T, D); keys and values for [mem; x] (B, M+T, D). Returns q (B, T, H, Dh)
-        and kv (B, K, 2, H, Dh) (keys kv[:, :, 0], values kv[:, :, 1]). ``mem_kv`` (B, M, 2, H, Dh):
-        the memory's keys and values from the previous segment, used instead of re-projecting
-        ``mem`` when given (inference with unchanged weights: the result is the same)."""
+        and k, v (B, H, K, Dh). ``mem_kv``: the memory's keys and values (B, H, M, Dh) from the
+        previous segment, used instead of re-projecting ``mem`` (inference with unchanged weights: the
+        same result; the caller that carries them knows the weights did not change)."""
         B, T, _ = x.shape
         H, Dh = self.n_head, self.d_head
         M = 0 if mem is None else mem.shape[1]
         w = self.qkv.weight
         if M == 0 or mem_kv is not None:
             qkv = self.qkv(x).view(B, T, 3, H, Dh)  # (B, T, 3, H, Dh)
-            if M == 0:
-                return qkv[:, :, 0], qkv[:, :, 1:]
-            if mem_kv.shape[:2] != mem.shape[:2] or mem_kv.dtype != qkv.dtype:  # stale: recompute
-                mem_kv = F.linear(mem, w[H * Dh :]).view(B, M, 2, H, Dh)
-            return qkv[:, :, 0], torch.cat([mem_kv, qkv[:, :, 1:]], dim=1)  # (B, K, 2, H, Dh)
+            k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, H, T, Dh)
+            if M:
+                if mem_kv[0].shape[2] != M:
+                    raise ValueError(f"the memory holds {M} positions, its keys/values {mem_kv[0].shape[2]}")
+                k = torch.cat([mem_kv[0].to(k.dtype), k], dim=2)  # (B, H, K, Dh)
+                v = torch.cat([mem_kv[1].to(v.dtype), v], dim=2)
+            return qkv[:, :, 0], k, v
         q = F.linear(x, w[: H * Dh]).view(B, T, H, Dh)  # (B, T, H, Dh)
         # keys and values of the memory are re-projected with the current weights (the paper's
         # recurrence: memory is hidden states, gradients reach W_kE and W_v through it)
-        kv = F.linear(torch.cat([mem, x], dim=1), w[H * Dh :])  # (B, K, 2*H*Dh)
-        return q, kv.view(B, M + T, 2, H, Dh)
+        kv = F.linear(torch.cat([mem, x], dim=1), w[H * Dh :]).view(B, M + T, 2, H, Dh)
+        return q, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
-        """q (B, T, H, Dh); k, v (B, K, H, Dh); rel_k (H, K+1, Dh) for distances K-1..-1 (relative);
-        mask additive (B|1, 1, T, K), or None where causality needs no mask: T == 1 (one query over
-        its whole context), or absolute attention with T == K (SDPA's is_causal). Returns (B, T, H*Dh)."""
+    def attend(self, q: Tensor, kh: Tensor, vh: Tensor, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
+        """q (B, T, H, Dh); kh, vh (B, H, K, Dh) for keys at consecutive positions ending at the last
+        query; rel_k (H, K+1, Dh) for distances K-1..-1 (relative); mask additive (B|1, 1, T, K), or
+        None where causality needs no mask: T == 1 (one query over its whole context), or absolute
+        attention with T == K (SDPA's is_causal). Returns (B, T, H*Dh)."""
         B, T = q.shape[:2]
         qh = q.transpose(1, 2)  # (B, H, T, Dh)
-        kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, K, Dh)
         p = self.dropatt if self.training else 0.0
         if self.relative:
             assert rel_k is not None
@@ -165,7 +178,7 @@ class MultiHeadAttention(nn.Module):
             else:
                 o = _relative_inference(qu, qv, kh, vh, rel_t, mask, p)
         else:
-            causal_only = mask is None and T == k.shape[1]
+            causal_only = mask is None and T == kh.shape[2]
             o = F.scaled_dot_product_attention(
                 qh,
                 kh,
@@ -182,12 +195,45 @@ class MultiHeadAttention(nn.Module):
         mem: Tensor | None,
         rel_k: Tensor | None,
         mask: Tensor | None,
-        mem_kv: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        mem_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D), mem (B, M, D) or None -> output (B, T, D) (before dropout and residual) and
-        the keys/values of all K positions (B, K, 2, H, Dh)."""
-        q, kv = self.project(x, mem, mem_kv)
-        return self.out(self.attend(q, kv[:, :, 0], kv[:, :, 1], rel_k, mask)), kv
+        the keys and values of all K positions (B, H, K, Dh)."""
+        q, k, v = self.project(x, mem, mem_kv)
+        return self.out(self.attend(q, k, v, rel_k, mask)), k, v
+
+    def step(self, x: Tensor, ring: LayerMemory, slots: Tensor, rel_k: Tensor | None, dist: Tensor,
+             mask: Tensor) -> Tensor:
+        """Decoding over a ring of W slots: x (B, n, D) are the tokens at the positions whose slots are
+        ``slots`` (n,); their keys and values are written into ``ring.keys`` / ``ring.values``
+        (B, H, W, Dh), then each attends to every slot. ``dist`` (n, W): distance from each query to
+        each slot's position, clamped to 0 .. W-1 (hidden slots are masked anyway); ``rel_k``
+        (H, W, Dh): relative keys of the distances 0 .. W-1; ``mask`` (n, W) additive, in the query's
+        dtype. Static shapes for a given n and no host synchronisation (a CUDA graph can capture it).
+        Returns (B, n, D) before dropout and residual.
+
+        The position score of query i and slot s is (q_i + v) r_{dist[i, s]}: scores against the W
+        distances (one product per head), then gathered by slot."""
+        B, n, _ = x.shape
+        H, Dh = self.n_head, self.d_head
+        W = dist.shape[1]
+        qkv = self.qkv(x).view(B, n, 3, H, Dh).transpose(1, 3)  # (B, H, 3, n, Dh)
+        keys, values = ring.keys, ring.values  # (B, H, W, Dh)
+        # (casts are no-ops unless run under autocast with float32 buffers)
+        keys.index_copy_(2, slots, qkv[:, :, 1].to(keys.dtype))
+        values.index_copy_(2, slots, qkv[:, :, 2].to(values.dtype))
+        q = qkv[:, :, 0].to(keys.dtype)  # (B, H, n, Dh)
+        if not self.relative:
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype))
+        else:
+            qu = (q + self.u.to(q.dtype)[:, None]) * self.scale  # (B, H, n, Dh)
+            qv = (q + self.v.to(q.dtype)[:, None]) * self.scale
+            # one product per head over the batch's queries: (H, B*n, Dh) x (H, Dh, W)
+            by_dist = torch.matmul(qv.transpose(0, 1).reshape(H, B * n, Dh), rel_k.transpose(1, 2))
+            by_dist = by_dist.view(H, B, n, W).transpose(0, 1)  # (B, H, n, W)
+            bias = by_dist.gather(-1, dist.expand(B, H, n, W)) + mask  # (B, H, n, W), by slot
+            o = F.scaled_dot_product_attention(qu, keys, values, attn_mask=bias.to(q.dtype), scale=1.0)
+        return self.out(o.transpose(1, 2).reshape(B, n, H * Dh))  # (B, n, D)
 
 
 # Without autograd the (B, H, T, K) position scores can take the mask in place, and on CPU they are

@@ -1,25 +1,29 @@
-"""Transformer-XL (Dai et al. 2019, section 3): segment-level recurrence memory, relative positional
-attention, and a key/value cache for decoding.
+"""Transformer-XL (Dai et al. 2019, section 3): segment-level recurrence memory and relative
+positional attention, for whole segments (training, evaluation) and one token at a time (decoding).
 
 Shape letters: B = batch, T = segment length (queries), M = memory positions, K = M + T keys,
-D = d_model, H = heads, Dh = head size, V = vocabulary, L = live positions in a decoding cache.
+D = d_model, H = heads, Dh = head size, V = vocabulary, W = mem_len + tgt_len decoding slots.
 
-Memory (section 3.2): ``out.mems[l]`` holds the input of layer l (``mems[n_layer]`` the last layer's
-output) for the last ``mem_len`` positions, detached: the next segment attends to it with no gradient
-flowing back. ``mems`` is an explicit tuple passed in and returned; the model keeps no state.
+Who owns the past (see :mod:`txl_audio.model.memory`): the model holds weights only. ``forward``
+reads a :class:`Memory` (per layer: its input at the last M positions, section 3.2) and returns the
+next one in ``out.mems``; the caller keeps it from one segment to the next. ``init_cache`` makes a
+:class:`DecodingCache` and ``step`` updates it in place; the decoder that made it keeps it.
 
-Key/value cache (``init_cache`` / ``step``): decoding sees exactly the context that segment-by-segment
-evaluation sees. The stream is cut into segments of ``tgt_len`` tokens from its first token; a token
-attends to its own segment's earlier tokens plus the ``mem_len`` positions before the segment (the
-memory), so the cache holds at most ``mem_len + tgt_len`` positions and is cut back to the last
-``mem_len`` at each segment boundary (the sliding window moves by one segment). Keys and values of a
-position are computed once, from its layer input, which is what the memory would re-project. Hence:
+How much context a call reads (``Lengths``: mem_len, tgt_len, clamp_len, same_length) is a value
+passed to ``forward`` (``lengths=``) or fixed in a cache by ``init_cache``; ``config.lengths()`` gives
+the trained values, ``config.lengths(mem_len=...)`` others. The config itself never changes.
+
+Decoding sees exactly the context that segment-by-segment evaluation sees. The stream is cut into
+segments of ``tgt_len`` tokens from its first token; a token attends to its own segment's earlier
+tokens plus the ``mem_len`` positions before the segment, so at most W = mem_len + tgt_len positions:
+the cache is a ring of W slots, and position p lives in slot p mod W. Keys and values of a position
+are computed once, from its layer input, which is what the memory would re-project. Hence:
 
     logits of step() fed the stream in any chunks == forward() segment by segment with memory,
 
 exactly (up to float rounding); with relative positions a key's position is its distance to the
 query, so nothing needs re-encoding when the window slides. Decoding by *feeding memories back*
-(forward one token with the per-layer hidden states of the same context as ``mems``) is the same
+(forward one token with the per-layer hidden states of the same context as memory) is the same
 computation done the slow way: it re-projects the whole context for every token.
 """
 
@@ -33,75 +37,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from txl_audio.config import ModelConfig
+from txl_audio.config import Lengths, ModelConfig
+from txl_audio.data import IGNORE_INDEX
 from txl_audio.model.attention import (
     MultiHeadAttention,
     attention_mask,
     relative_distances,
     sinusoid,
 )
+from txl_audio.model.memory import DecodingCache, LayerMemory, Memory, update_memory
 from txl_audio.model.softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
-
-IGNORE_INDEX = -100  # targets with this value get loss 0 (next token in another file, or none)
 
 
 @dataclass
 class ModelOutput:
-    logits: Tensor | None  # (B, T, V); None when forward(return_logits=False)
+    # (B, T, V); None when forward(return_logits=False); log-probabilities with an adaptive softmax
+    logits: Tensor | None
     loss: Tensor | None  # (B, T) negative log-likelihood in nats; 0 where targets == IGNORE_INDEX
-    mems: tuple[Tensor, ...]  # n_layer + 1 tensors (B, min(M + T, mem_len), D), detached
-
-
-class Memory(tuple):
-    """``out.mems`` from a forward without gradients: the tuple of per-layer hidden states (the
-    contract; any tuple of tensors may be passed back instead), plus ``kv``: per layer (B, M, 2, H, Dh)
-    keys and values of the same positions, and ``stamp``: which weights made them. The next forward
-    uses ``kv`` instead of re-projecting the memory when the stamp still matches (same result, a
-    tenth less work in evaluation); slicing or rebuilding the tuple simply drops it."""
-
-    kv: tuple[Tensor, ...]
-    stamp: tuple
-
-    def __new__(cls, hidden: tuple[Tensor, ...], kv: tuple[Tensor, ...], stamp: tuple) -> Memory:
-        self = super().__new__(cls, hidden)
-        self.kv, self.stamp = kv, stamp
-        return self
-
-
-@dataclass
-class KVCache:
-    """Per-layer keys and values of the positions a decoding step may attend to.
-
-    ``keys[l]``, ``values[l]``: (B, H, mem_len + tgt_len, Dh) buffers whose first ``length``
-    positions are live, oldest first. ``pos``: tokens consumed so far (stream position of the next
-    token). ``rel_keys[l]``: (H, mem_len + tgt_len + 1, Dh) relative keys R W_kR for the distances
-    mem_len + tgt_len - 1 .. -1, computed once by ``init_cache`` (so re-create the cache after changing
-    the weights). ``step`` updates the buffers in place and returns the cache; ``clone()`` forks one.
-    """
-
-    keys: list[Tensor]
-    values: list[Tensor]
-    rel_keys: list[Tensor] | None
-    length: int = 0
-    pos: int = 0
-
-    def clone(self) -> KVCache:
-        return KVCache(
-            [k.clone() for k in self.keys],
-            [v.clone() for v in self.values],
-            self.rel_keys,
-            self.length,
-            self.pos,
-        )
-
-    def trim(self, keep: int) -> None:
-        """Keep only the last ``keep`` live positions (moved to the front of the buffers)."""
-        if self.length <= keep:
-            return
-        lo, hi = self.length - keep, self.length
-        for buf in (*self.keys, *self.values):
-            buf[:, :, :keep] = buf[:, :, lo:hi].clone()  # clone: the ranges overlap when keep > lo
-        self.length = keep
+    mems: Memory  # the memory for the next segment: the last min(M + T, mem_len) positions
 
 
 class FeedForward(nn.Module):
@@ -138,37 +91,28 @@ class DecoderLayer(nn.Module):
         return self.ff_norm(x + self.ff(x))
 
     def forward(
-        self,
-        x: Tensor,
-        mem: Tensor | None,
-        rel_k: Tensor | None,
-        mask: Tensor | None,
-        mem_kv: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """x (B, T, D), mem (B, M, D) or None, rel_k (H, K+1, Dh) or None, mask (B|1, 1, T, K),
-        mem_kv (B, M, 2, H, Dh) or None -> output (B, T, D), keys/values (B, K, 2, H, Dh)."""
+        self, x: Tensor, past: LayerMemory | None, rel_k: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, D); past: this layer's memory (M positions) or None; rel_k (H, K+1, Dh) or None;
+        mask (B|1, 1, T, K) -> output (B, T, D), keys and values (B, H, K, Dh) of all K positions.
+        The memory's keys and values are used when it carries them, else re-projected."""
+        mem = None if past is None or past.hidden.shape[1] == 0 else past.hidden
+        mem_kv = (past.keys, past.values) if mem is not None and past.has_kv else None
         if self.pre_norm:
+            x_in = self.attn_norm(x)
             # the memory is normalized too: it is the same layer input, only from earlier positions
-            mem_in = None if mem is None else self.attn_norm(mem)
-            a, kv = self.attn(self.attn_norm(x), mem_in, rel_k, mask, mem_kv)
+            # (not needed when its keys and values come along)
+            mem = None if mem is None else (mem if mem_kv is not None else self.attn_norm(mem))
         else:
-            a, kv = self.attn(x, mem, rel_k, mask, mem_kv)
-        return self._finish(x, a), kv
+            x_in = x
+        a, k, v = self.attn(x_in, mem, rel_k, mask, mem_kv)
+        return self._finish(x, a), k, v
 
-    def step(
-        self, x: Tensor, kbuf: Tensor, vbuf: Tensor, start: int, rel_k: Tensor | None, mask: Tensor | None
-    ) -> Tensor:
-        """Decode x (B, n, D): write its keys/values at ``start`` of kbuf/vbuf (B, H, C, Dh) and attend
-        to the live positions [0, start + n)."""
-        xin = self.attn_norm(x) if self.pre_norm else x
-        q, kv = self.attn.project(xin, None)  # (B, n, H, Dh), (B, n, 2, H, Dh)
-        end = start + x.shape[1]
-        kbuf[:, :, start:end] = kv[:, :, 0].transpose(1, 2)
-        vbuf[:, :, start:end] = kv[:, :, 1].transpose(1, 2)
-        kk = kbuf[:, :, :end].transpose(1, 2)  # (B, L, H, Dh), a view
-        vv = vbuf[:, :, :end].transpose(1, 2)
-        a = self.attn.out(self.attn.attend(q, kk, vv, rel_k, mask))
-        return self._finish(x, a)
+    def step(self, x: Tensor, ring: LayerMemory, slots: Tensor, rel_k: Tensor | None, dist: Tensor,
+             mask: Tensor) -> Tensor:
+        """Decode x (B, n, D) over this layer's ring of keys and values (see MultiHeadAttention.step)."""
+        x_in = self.attn_norm(x) if self.pre_norm else x
+        return self._finish(x, self.attn.step(x_in, ring, slots, rel_k, dist, mask))
 
 
 class TransformerXL(nn.Module):
@@ -257,158 +201,165 @@ class TransformerXL(nn.Module):
 
     # ---- masks and positions ------------------------------------------------------------------------
 
-    def _query_limit(self, doc_pos: Tensor | None, mem_len: int) -> Tensor | int | None:
+    @staticmethod
+    def _query_limit(doc_pos: Tensor | None, lengths: Lengths) -> Tensor | int | None:
         """Largest key distance each query may attend (see attention_mask): the document position,
         and with same_length at most mem_len - 1 (a window of mem_len keys, itself included; no effect
         when mem_len = 0). doc_pos and same_length combine by taking the smaller."""
         limit: Tensor | int | None = doc_pos
-        if self.config.same_length and mem_len > 0:
-            limit = mem_len - 1 if doc_pos is None else doc_pos.clamp(max=mem_len - 1)
+        if lengths.same_length and lengths.mem_len > 0:
+            m = lengths.mem_len - 1
+            limit = m if doc_pos is None else doc_pos.clamp(max=m)
         return limit
 
-    def _rel_pos(self, klen: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """(K+1, D) sinusoids R of the distances K-1 .. -1 (clamped at clamp_len)."""
-        d = relative_distances(klen, self.config.clamp_len, device)
-        return sinusoid(d, self.config.d_model).to(dtype)
+    def _rel_pos(self, distances: Tensor, dtype: torch.dtype) -> Tensor:
+        """(R, D) sinusoids of the given (already clamped) relative distances (R,)."""
+        return sinusoid(distances, self.config.d_model).to(dtype)
 
-    def _abs_pos(self, start: int, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """(n, D) absolute sinusoid positions start .. start + n - 1 (absolute attention only)."""
-        return sinusoid(torch.arange(start, start + n, device=device), self.config.d_model).to(dtype)
+    def _abs_pos(self, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(n, D) absolute sinusoid positions 0 .. n - 1 (absolute attention only; they restart at 0 in
+        every segment)."""
+        return sinusoid(torch.arange(n, device=device), self.config.d_model).to(dtype)
 
     # ---- training / evaluation ------------------------------------------------------------------------
 
     def forward(
         self,
         tokens: Tensor,
-        mems: tuple[Tensor, ...] | list[Tensor] | None = None,
+        mems: Memory | None = None,
         targets: Tensor | None = None,
         doc_pos: Tensor | None = None,
         *,
+        lengths: Lengths | None = None,
         return_logits: bool = True,
-        mem_len: int | None = None,
+        keep_kv: bool = False,
     ) -> ModelOutput:
-        """tokens (B, T) int64; mems from the previous segment's output (or None); targets (B, T)
+        """tokens (B, T) int64; mems: the previous segment's ``out.mems`` (or None); targets (B, T)
         int64 with IGNORE_INDEX where there is nothing to predict; doc_pos (B, T) int64 position of
         each token in its file (a token attends only itself and the doc_pos tokens before it).
+
+        ``lengths``: mem_len (how many positions the returned memory keeps, and same_length's
+        window), clamp_len and same_length for this call (default: the trained ones,
+        ``config.lengths()``), e.g. a longer memory at evaluation than in training.
         ``return_logits=False`` leaves ``out.logits`` None when only the loss is wanted.
-        ``mem_len`` overrides config.mem_len for the returned memory (and for same_length's window),
-        e.g. to evaluate with a longer memory than training used."""
-        c = self.config
+        ``keep_kv=True`` (inference only) returns the memory with each layer's keys and values, so the
+        next call does not re-project them: pass such a memory back only to the same, unchanged
+        weights."""
+        L = self.config.lengths() if lengths is None else lengths
         B, T = tokens.shape
-        mem_len = c.mem_len if mem_len is None else mem_len
-        if mems is not None and len(mems) != c.n_layer + 1:
-            raise ValueError(f"mems must hold n_layer + 1 = {c.n_layer + 1} tensors, got {len(mems)}")
-        M = 0 if mems is None else mems[0].shape[1]
+        M = 0 if mems is None else mems.length
+        if mems is not None and len(mems.layers) != self.config.n_layer:
+            raise ValueError(f"the memory holds {len(mems.layers)} layers, the model {self.config.n_layer}")
         if M and not self.relative:
             raise ValueError("absolute attention has no memory: call forward with mems=None")
+        if keep_kv and torch.is_grad_enabled():
+            raise ValueError("keep_kv=True is for inference (torch.no_grad / inference_mode): in training "
+                             "the memory's keys and values are re-projected with the current weights")
         K = M + T
         dev = tokens.device
         h = self._embed(tokens)  # (B, T, D)
         if not self.relative:
-            h = h + self._abs_pos(0, T, dev, h.dtype)
+            h = h + self._abs_pos(T, dev, h.dtype)
         h = self.drop(h)
 
-        limit = self._query_limit(doc_pos, mem_len)
+        limit = self._query_limit(doc_pos, L)
         mask = None if (limit is None and not self.relative) else attention_mask(T, K, limit, dev)
-        pos_emb = self.drop(self._rel_pos(K, dev, h.dtype)) if self.relative else None
+        rel_k = None
+        if self.relative:
+            pos_emb = self.drop(self._rel_pos(relative_distances(K, L.clamp_len, dev), h.dtype))  # (K+1, D)
 
-        # inference reuses the memory's keys and values from the previous forward (see Memory)
-        keep_kv = mem_len > 0 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        stamp = self._stamp() if keep_kv else None
-        mem_kv = (
-            mems.kv if stamp is not None and M and isinstance(mems, Memory) and mems.stamp == stamp else None
-        )
-        hids, kvs = [h], []
+        new = []
         for i, layer in enumerate(self.layers):
-            rel_k = layer.attn.rel_keys(pos_emb) if pos_emb is not None else None  # (H, K+1, Dh)
-            h, kv = layer(h, mems[i] if M else None, rel_k, mask, None if mem_kv is None else mem_kv[i])
-            hids.append(h)
-            kvs.append(kv)
-        new_mems = self._update_mems(hids, mems if M else None, mem_len)
-        if stamp is not None:
-            n = new_mems[0].shape[1]
-            new_mems = Memory(new_mems, tuple(kv[:, kv.shape[1] - n :] for kv in kvs), stamp)
-
+            past = mems.layers[i] if M else None
+            if self.relative:
+                rel_k = layer.attn.rel_keys(pos_emb)  # (H, K+1, Dh)
+            out, k, v = layer(h, past, rel_k, mask)
+            new.append(update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len))
+            h = out
         logits, loss = self._output(self.drop(self.final_norm(h)), targets, return_logits)
-        return ModelOutput(logits, loss, new_mems)
-
-    def _stamp(self) -> tuple | None:
-        """Identifies the weights that make keys and values: storage and in-place version of each
-        layer's projection (and pre-norm LayerNorm) parameters, so an optimizer step, a
-        load_state_dict or a move to another device invalidates a Memory's keys and values.
-        None (no reuse) for weights made under inference_mode: they keep no version counter."""
-        params = [p for layer in self.layers for p in (layer.attn.qkv.weight, *layer.attn_norm.parameters())]
-        if any(p.is_inference() for p in params):
-            return None
-        return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-
-    @staticmethod
-    def _update_mems(hids: list[Tensor], mems: tuple[Tensor, ...] | None, mem_len: int) -> tuple[Tensor, ...]:
-        """Last mem_len positions of [old memory; this segment] per layer input, detached."""
-        T = hids[0].shape[1]
-        out = []
-        for i, h in enumerate(hids):
-            h = h.detach()
-            if mems is not None and mem_len > T:
-                h = torch.cat([mems[i].detach(), h], dim=1)  # (B, M+T, D)
-            out.append(h[:, h.shape[1] - min(mem_len, h.shape[1]) :])
-        return tuple(out)
+        return ModelOutput(logits, loss, Memory(tuple(new)))
 
     # ---- cached decoding -------------------------------------------------------------------------------
 
-    def init_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty cache for ``batch_size`` streams, on the model's device (and dtype by default)."""
+    def init_cache(self, batch_size: int, lengths: Lengths | None = None,
+                   dtype: torch.dtype | None = None) -> DecodingCache:
+        """An empty decoding cache for ``batch_size`` streams on the model's device (and dtype by
+        default), for these weights and ``lengths`` (default: the trained ones): make a new one after
+        changing either."""
+        L = self.config.lengths() if lengths is None else lengths
         c = self.config
         p = next(self.parameters())  # device and dtype (word_emb has no single .weight when adaptive)
         dtype = dtype or p.dtype
-        cap = c.mem_len + c.tgt_len
-        shape = (batch_size, c.n_head, cap, c.d_head)
-        keys = [torch.zeros(shape, device=p.device, dtype=dtype) for _ in self.layers]
-        values = [torch.zeros(shape, device=p.device, dtype=dtype) for _ in self.layers]
-        rel = None
-        if self.relative:
-            with torch.no_grad():
-                pos = self._rel_pos(cap, p.device, p.dtype)  # (cap+1, D)
-                rel = [layer.attn.rel_keys(pos).to(dtype).contiguous() for layer in self.layers]
-        return KVCache(keys, values, rel)
+        W = L.mem_len + L.tgt_len
+        shape = (batch_size, c.n_head, W, c.d_head)
+        layers = tuple(LayerMemory(None, torch.zeros(shape, device=p.device, dtype=dtype),
+                                   torch.zeros(shape, device=p.device, dtype=dtype)) for _ in self.layers)
+        rel = abs_pos = None
+        with torch.no_grad():
+            if self.relative:
+                d = torch.arange(W, device=p.device)  # distances 0 .. W-1
+                if L.clamp_len >= 0:
+                    d = d.clamp(max=L.clamp_len)
+                pos = self._rel_pos(d, p.dtype)  # (W, D)
+                rel = tuple(layer.attn.rel_keys(pos).to(dtype).contiguous() for layer in self.layers)
+            else:
+                abs_pos = self._abs_pos(L.tgt_len, p.device, dtype)  # (tgt_len, D)
+        return DecodingCache(
+            lengths=L,
+            layers=layers,
+            slot_pos=torch.full((W,), -(2**40), dtype=torch.long, device=p.device),
+            t=torch.zeros((), dtype=torch.long, device=p.device),
+            rel_keys=rel,
+            abs_pos=abs_pos,
+        )
 
     @torch.no_grad()
-    def step(self, tokens: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+    def step(self, tokens: Tensor, cache: DecodingCache) -> Tensor:
         """Feed ``tokens (B, n)`` (any n) after everything the cache has seen; returns their logits
-        (B, n, V) and the updated cache (the same object, updated in place). Call in eval mode."""
-        c = self.config
+        (B, n, V) (log-probabilities with an adaptive softmax) and updates the cache in place. Call in
+        eval mode. A chunk is cut at segment boundaries; one token (n = 1) runs with no host
+        synchronisation and the same shapes every time, so it can be captured in a CUDA graph."""
         n = tokens.shape[1]
-        pieces = []
-        s = 0
+        T = cache.lengths.tgt_len
+        pieces, s = [], 0
         while s < n:
-            offset = cache.pos % c.tgt_len
-            if offset == 0 and cache.pos > 0:
-                cache.trim(c.mem_len)  # a segment boundary: the memory keeps the last mem_len
-            e = min(n, s + c.tgt_len - offset)  # never cross a segment boundary within one piece
+            e = min(n, s + T - (cache.position % T))  # never cross a segment boundary within a piece
             pieces.append(self._step_piece(tokens[:, s:e], cache))
             s = e
         if not pieces:
-            return next(self.parameters()).new_zeros(tokens.shape[0], 0, c.vocab_size), cache
-        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)), cache
+            return next(self.parameters()).new_zeros(tokens.shape[0], 0, self.config.vocab_size)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
-    def _step_piece(self, tokens: Tensor, cache: KVCache) -> Tensor:
-        """tokens (B, n) that all lie in one segment -> logits (B, n, V)."""
-        c = self.config
+    def _step_piece(self, tokens: Tensor, cache: DecodingCache) -> Tensor:
+        """tokens (B, n) that all lie in one segment -> logits (B, n, V).
+
+        A slot is visible to the query at position p iff it holds a position q with
+        0 <= p - q <= limit(p), limit(p) = mem_len + (p mod tgt_len): the segment's earlier tokens and
+        the memory before it (at most mem_len - 1 back with same_length). Writing the piece's keys
+        overwrites positions p - W, which no query of the piece can see."""
+        L = cache.lengths
         n = tokens.shape[1]
-        start, L = cache.length, cache.length + n
-        dev = tokens.device
+        W = cache.slots
+        pos = cache.t + torch.arange(n, device=cache.t.device)  # (n,) stream positions
+        slots = torch.remainder(pos, W)
+        cache.slot_pos.index_copy_(0, slots, pos)
+        dist = pos[:, None] - cache.slot_pos[None, :]  # (n, W)
+        limit = torch.remainder(pos, L.tgt_len) + L.mem_len
+        if L.same_length and L.mem_len > 0:
+            limit = limit.clamp(max=L.mem_len - 1)
+        hidden = (dist < 0) | (dist > limit[:, None])
         h = self._embed(tokens)  # (B, n, D)
-        if not self.relative:  # mem_len = 0: the cache holds this segment only, start = offset in it
-            h = h + self._abs_pos(start, n, dev, h.dtype)
+        if cache.abs_pos is not None:
+            h = h + cache.abs_pos.index_select(0, torch.remainder(pos, L.tgt_len)).to(h.dtype)
         h = self.drop(h)
-        limit = self._query_limit(None, c.mem_len)
-        needs_mask = n > 1 or (limit is not None and L - 1 > limit)
-        mask = attention_mask(n, L, limit, dev) if needs_mask else None
-        cap = cache.keys[0].shape[2]
-        for i, layer in enumerate(self.layers):
-            rel_k = cache.rel_keys[i][:, cap - L :] if cache.rel_keys is not None else None  # (H, L+1, Dh)
-            h = layer.step(h, cache.keys[i], cache.values[i], start, rel_k, mask)
-        cache.length, cache.pos = L, cache.pos + n
+        dtype = cache.layers[0].keys.dtype
+        mask = torch.zeros((n, W), device=h.device, dtype=dtype).masked_fill_(hidden, float("-inf"))
+        dist = dist.clamp(0, W - 1)
+        for i, (layer, ring) in enumerate(zip(self.layers, cache.layers)):
+            rel_k = cache.rel_keys[i] if cache.rel_keys is not None else None
+            h = layer.step(h, ring, slots, rel_k, dist, mask)
+        cache.t.add_(n)
+        cache.position += n
         logits, _ = self._output(self.drop(self.final_norm(h)), None)
         return logits
 
@@ -418,10 +369,9 @@ def compiled_layers(model: TransformerXL, enabled: bool = True):
     """``torch.compile`` each decoder layer of ``model`` for the duration of the block, then put the
     plain layers back.
 
-    For inference: compiling the whole model would also trace the Python that reuses the memory's
-    keys and values from one segment to the next (``Memory``), which steps aside under compilation;
-    compiling the layers fuses what runs per token (norms, residuals, the feed-forward, the position
-    bias) and keeps that reuse. All layers share one compiled graph (same code, parameters as inputs).
+    For inference: compiling the layers fuses what runs per token (norms, residuals, the feed-forward,
+    the position bias) while the memory bookkeeping between layers stays plain Python. All layers share
+    one compiled graph (same code, parameters as inputs).
     """
     if not enabled:
         yield model

@@ -1,0 +1,135 @@
+"""The past a Transformer-XL attends to: one type per layer, and the two ways a stream holds it.
+
+Shape letters: B = batch (streams), M = memory positions, D = d_model, H = heads, Dh = head size,
+W = mem_len + tgt_len slots of a decoding cache.
+
+- :class:`LayerMemory`: what one layer attends to besides the current segment: its input at M earlier
+  positions of each stream (``hidden``, detached: the recurrence of Dai et al. 2019, section 3.2) and,
+  optionally, the keys and values that layer made from them.
+- :class:`Memory`: the per-layer memories of the last M positions, oldest first. ``model(tokens,
+  mems)`` reads one and returns the next as ``out.mems``. Training, validation, evaluation and the
+  reference decoder hold one per batch of streams. Keys and values are carried only when the caller
+  asks (``keep_kv=True``, inference): whoever carries them owns their validity, i.e. does not change
+  the weights in between (evaluation and validation loops, which run with fixed weights).
+- :class:`DecodingCache`: the same per-layer type in a ring of W slots (position p in slot p mod W),
+  keys and values only, for ``model.step``; ``slot_pos`` says which stream position each slot holds.
+  Made by ``model.init_cache`` for the weights and lengths of that moment, updated in place by
+  ``model.step``; one cache per decoding run (decoders own it).
+
+Nothing here holds weights; the model owns the arithmetic (``TransformerXL.forward`` / ``step``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from txl_audio.config import Lengths
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """One layer's past. ``hidden`` (B, M, D): the layer's input at those positions (None in a decoding
+    cache, which needs only keys and values); ``keys``, ``values`` (B, H, M, Dh) or None."""
+
+    hidden: Tensor | None
+    keys: Tensor | None = None
+    values: Tensor | None = None
+
+    @property
+    def has_kv(self) -> bool:
+        return self.keys is not None
+
+
+def update_memory(
+    past: LayerMemory | None, x: Tensor, keys: Tensor | None, values: Tensor | None, mem_len: int
+) -> LayerMemory:
+    """The memory after a segment: the last ``mem_len`` positions of [past; segment].
+
+    ``x`` (B, T, D): the layer's input for the segment; ``keys``/``values`` (B, H, K, Dh) of all
+    K = M + T positions the layer attended to (kept only when given). Hidden states are detached:
+    no gradient flows into an earlier segment."""
+    T = x.shape[1]
+    h = x.detach()
+    if past is not None and mem_len > T and past.hidden is not None and past.hidden.shape[1]:
+        h = torch.cat([past.hidden, h], dim=1)  # (B, M+T, D)
+    n = min(mem_len, h.shape[1])
+    h = h[:, h.shape[1] - n :]
+    if keys is None:
+        return LayerMemory(h)
+    K = keys.shape[2]
+    return LayerMemory(h, keys[:, :, K - n :], values[:, :, K - n :])
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Per-layer memories of the same M positions of each stream (oldest first)."""
+
+    layers: tuple[LayerMemory, ...]
+
+    @property
+    def length(self) -> int:
+        """M: positions held."""
+        h = self.layers[0].hidden
+        return 0 if h is None else h.shape[1]
+
+    def last(self, n: int) -> Memory:
+        """The last ``n`` positions (all when fewer are held)."""
+        keep = min(n, self.length)
+        lo = self.length - keep
+        return Memory(tuple(LayerMemory(m.hidden[:, lo:],
+                                        None if m.keys is None else m.keys[:, :, lo:],
+                                        None if m.values is None else m.values[:, :, lo:])
+                            for m in self.layers))
+
+    def hidden_only(self) -> Memory:
+        """The same positions without keys and values: the next forward re-projects them."""
+        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers))
+
+    def append(self, other: Memory) -> Memory:
+        """This memory followed by ``other``'s positions (hidden states only)."""
+        return Memory(tuple(LayerMemory(torch.cat([a.hidden, b.hidden], dim=1))
+                            for a, b in zip(self.layers, other.layers)))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Memory:
+        """Hidden states moved / cast (keys and values dropped: they belong to the weights' dtype)."""
+        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers))
+
+    def state(self) -> list[Tensor]:
+        """Plain data for a checkpoint: the per-layer hidden states on the CPU."""
+        return [m.hidden.detach().cpu() for m in self.layers]
+
+    @classmethod
+    def from_state(cls, hidden: list[Tensor], n_layer: int) -> Memory:
+        """Rebuild from :meth:`state`. A list of n_layer + 1 tensors (checkpoints written before the
+        last layer's output was dropped from the memory: nothing attends to it) loads too."""
+        if len(hidden) not in (n_layer, n_layer + 1):
+            raise ValueError(f"a memory of {len(hidden)} layers does not fit a model of {n_layer} layers")
+        return cls(tuple(LayerMemory(h) for h in hidden[:n_layer]))
+
+
+@dataclass
+class DecodingCache:
+    """Ring buffers of keys and values for ``model.step`` (see the module docstring).
+
+    ``layers[l].keys`` / ``.values`` (B, H, W, Dh); ``slot_pos`` (W,) the stream position in each
+    slot (far in the past when empty: never visible); ``t`` the position of the next token on the
+    device (so a step needs no host value: it can be captured in a CUDA graph) and ``position`` the
+    same on the host (for cutting a chunk at segment boundaries); ``rel_keys`` per layer (H, W, Dh)
+    the relative keys of distances 0 .. W-1, made once from the weights (relative attention only);
+    ``abs_pos`` (tgt_len, D) absolute positions within a segment (absolute attention only)."""
+
+    lengths: Lengths
+    layers: tuple[LayerMemory, ...]
+    slot_pos: Tensor
+    t: Tensor
+    rel_keys: tuple[Tensor, ...] | None
+    abs_pos: Tensor | None
+    position: int = 0
+
+    @property
+    def slots(self) -> int:
+        """W = mem_len + tgt_len."""
+        return self.slot_pos.shape[0]
