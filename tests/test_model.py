@@ -218,6 +218,78 @@ def test_gradients_match_einsum_reference(kw, chunk, monkeypatch):
         torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-10, rtol=0, msg=name)
 
 
+# ---- the CUDA path's layout of the position bias, checked on the CPU ----
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_position_bias_handed_to_sdpa_is_fresh_aligned_and_in_the_query_dtype(dtype, monkeypatch):
+    """On CUDA the no-grad position bias must be a fresh, contiguous tensor of the queries' dtype: a
+    view starting T-1 elements into the score buffer is misaligned for the CUDA kernels, and a float32
+    bias beside bf16 queries is refused. The CPU takes it in place; here the CUDA rule is forced on the
+    CPU, the tensors SDPA receives are checked, and the results still match the einsum reference."""
+    monkeypatch.setattr(attention, "IN_PLACE_BIAS_DEVICES", ())
+    monkeypatch.setattr(attention, "CPU_QUERY_BLOCK", 2)  # the query blocks too
+    seen = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((q.dtype, attn_mask))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    model = make_model(tiny(mem_len=6)).to(dtype)
+    x = torch.randint(0, V, (2, 15))
+    dp = torch.tensor([list(range(15)), [2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        got = run_segments(model, x, 5, dp)
+    assert seen
+    for q_dtype, bias in seen:
+        assert bias.storage_offset() == 0 and bias.is_contiguous() and bias.dtype == q_dtype == dtype
+        assert bias.data_ptr() % 16 == 0
+    if dtype == torch.float64:
+        ref = from_model(model)
+        with torch.no_grad():
+            close(got, run_segments(ref, x, 5, dp), tol=1e-12)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+def test_padded_distance_rows_match_einsum_reference(train, monkeypatch):
+    """CUDA pads the position-score rows from K+1 to a multiple of 8 columns (always-masked
+    distances); forced on the CPU it gives the einsum model's outputs and gradients."""
+    monkeypatch.setattr(attention, "ROW_ALIGN", {"cpu": 8})
+    assert attention.distance_columns(10, torch.device("cpu")) == 16
+    model = make_model(tiny(mem_len=6, same_length=True, clamp_len=3)).double().train(train)
+    ref = from_model(model)
+    x = torch.randint(0, V, (2, 15))
+    t = torch.randint(0, V, (2, 15))
+    dp = torch.tensor([list(range(15)), [2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    with torch.set_grad_enabled(train):
+        outs = []
+        for m in (model, ref):
+            mems, logits = None, []
+            for s in range(0, 15, 5):
+                out = m(x[:, s : s + 5], mems=mems, targets=t[:, s : s + 5], doc_pos=dp[:, s : s + 5])
+                if train:
+                    out.loss.sum().backward()
+                mems, _ = out.mems, logits.append(out.logits)
+            outs.append(torch.cat(logits, 1))
+    close(outs[0], outs[1], tol=1e-12)
+    if train:
+        grads = dict(ref.named_parameters())
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-10, rtol=0, msg=name)
+
+
+def test_attention_mask_is_made_in_the_compute_dtype():
+    """The -inf/0 mask is built in the dtype the position scores have (bf16 weights, or autocast), so
+    no float32 (B, H, T, K) tensor is made beside bf16 scores."""
+    x = torch.zeros(2, 3)
+    assert attention.compute_dtype(x) == torch.float32
+    assert attention.compute_dtype(x.bfloat16()) == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention.compute_dtype(x) == torch.bfloat16
+
+
 def test_training_attention_allows_a_second_backward():
     model = make_model(tiny()).train()
     loss = model(torch.randint(0, V, (1, 5)), targets=torch.ones(1, 5, dtype=torch.long)).loss.sum()
@@ -453,6 +525,42 @@ def test_torch_compile_matches_eager_on_cpu():
     compiled = torch.compile(model)
     with torch.no_grad():
         close(run_segments(compiled, x, 5), run_segments(model, x, 5), tol=1e-4)
+
+
+COMPILED_TRAINING = """
+import torch
+from txl_audio.config import ModelConfig
+from txl_audio.model import TransformerXL
+cfg = ModelConfig(vocab_size=256, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16,
+                  mem_len=16, dropout=0.0)
+torch.manual_seed(0)
+model = torch.compile(TransformerXL(cfg))
+opt = torch.optim.AdamW(model.parameters())
+mems = None
+for _ in range(3):
+    x = torch.randint(0, 256, (2, 17))
+    out = model(x[:, :-1], mems=mems, targets=x[:, 1:], return_logits=False)
+    out.loss.mean().backward()
+    opt.step()
+    opt.zero_grad()
+    mems = out.mems
+print("ok")
+"""
+
+
+@pytest.mark.slow  # two compilations: ~40 s on 2 cores
+def test_compiled_training_runs_again_from_a_warm_compile_cache(tmp_path):
+    """The second run of a compiled training reads torch.compile's caches. With the relative shift
+    written as one as_strided view, the cached graph gave back a tensor of garbage sizes (torch 2.13):
+    a second `txl-audio train` with train.compile=true failed where the first had worked."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    for run in ("cold cache", "warm cache"):
+        proc = subprocess.run([sys.executable, "-c", COMPILED_TRAINING], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", (run, proc.stderr[-2000:])
 
 
 @pytest.mark.cuda

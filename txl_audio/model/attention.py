@@ -33,10 +33,12 @@ mem_len - 1 (every query sees the same number of keys, the authors' ``same_lengt
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from txl_audio.model.memory import LayerMemory
 
@@ -48,28 +50,68 @@ def sinusoid(positions: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def relative_distances(klen: int, clamp_len: int, device: torch.device | None = None) -> Tensor:
-    """The K + 1 distances ``klen-1, ..., 1, 0, -1`` (descending) that ``rel_shift`` expects, clamped
-    to ``clamp_len`` (distances beyond it share one embedding; < 0 = no clamp). The last one (-1, a
-    future key) is always masked; it only makes the shift a free view."""
-    d = torch.arange(klen - 1, -2, -1, device=device)
+# Per device type, the multiple of columns the position-score product's output rows are padded to
+# (with distances that are always masked): on CUDA a row length of K + 1 (odd for the usual even K)
+# misaligns the rows for the tensor-core GEMM kernels. Unpadded elsewhere.
+ROW_ALIGN = {"cuda": 8}
+
+
+def distance_columns(klen: int, device: torch.device) -> int:
+    """Columns of the position scores for ``klen`` keys: K + 1, rounded up to ROW_ALIGN's multiple."""
+    align = ROW_ALIGN.get(device.type, 1)
+    return -(-(klen + 1) // align) * align
+
+
+def relative_distances(
+    klen: int, clamp_len: int, device: torch.device | None = None, columns: int | None = None
+) -> Tensor:
+    """The distances ``klen-1, ..., 1, 0, -1`` (descending, K + 1 of them, or ``columns`` >= K + 1 with
+    -2, -3, ... after them) that ``rel_shift`` expects, clamped to ``clamp_len`` (distances beyond it
+    share one embedding; < 0 = no clamp). The negative ones (future keys) are always masked; -1 only
+    makes the shift a free view, the rest pad the rows (see CUDA_ROW_ALIGN)."""
+    n = klen + 1 if columns is None else columns
+    d = torch.arange(klen - 1, klen - 1 - n, -1, device=device)
     if clamp_len >= 0:
         d = d.clamp(max=clamp_len)
     return d
 
 
-def rel_shift(scores: Tensor) -> Tensor:
-    """(..., T, K+1) scores of each query against distances K-1..-1 -> (..., T, K) against keys.
+def rel_shift(scores: Tensor, klen: int) -> Tensor:
+    """(..., T, P) scores of each query against distances K-1, ..., 0, -1, ... (P >= K + 1 columns,
+    contiguous rows) -> (..., T, K) against keys, K = ``klen``.
 
     Query i sits at key index M + i (M = K - T), so key j is at distance M + i - j, found in column
-    T - 1 - i + j. Reading the flattened rows from offset T - 1 with row length K does exactly that:
-    row i starts i*(K+1) + T-1-i into the buffer. A view, no copy (the authors pad and copy instead).
-    Entries for future keys (j > M + i + 1) read the next row: they must be masked.
+    T - 1 - i + j. Reading the flattened rows from offset T - 1 with row length P - 1 does exactly that:
+    row i starts i*P + T-1-i into the buffer. A view, no copy (the authors pad and copy instead); its
+    rows do not overlap (P - 1 >= K). Entries for future keys (j > M + i + 1) read padding or the next
+    row: they must be masked.
     """
-    T, K1 = scores.shape[-2], scores.shape[-1]
-    K = K1 - 1
-    flat = scores.flatten(-2)  # (..., T*(K+1))
-    return flat.narrow(-1, T - 1, T * K).unflatten(-1, (T, K))  # (..., T, K)
+    T, P = scores.shape[-2], scores.shape[-1]
+    assert P >= klen + 1
+    # narrow / unflatten / slice rather than one as_strided: the same view, and torch.compile's cached
+    # graphs replay it correctly (an as_strided output came back with garbage sizes from a warm
+    # AOTAutograd cache, torch 2.13)
+    flat = scores.flatten(-2)  # (..., T*P)
+    return flat.narrow(-1, T - 1, T * (P - 1)).unflatten(-1, (T, P - 1))[..., :klen]  # (..., T, K)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matrix products give for ``x``: autocast's where it is on, else x's own. Masks and
+    position biases are made in it, so nothing is converted per layer."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def sdpa_backends(device: torch.device):
+    """The context SDPA runs in with a float position bias. On CUDA it is pinned to the
+    memory-efficient kernel (math as the fallback): flash takes no bias, and cuDNN, which PyTorch
+    prefers on Hopper, builds a graph per shape and has no gradient for a bias in every version; the
+    choice is printed by benchmarks/gpu_preflight.py. Elsewhere PyTorch's own choice (the CPU flash
+    kernel takes a float mask)."""
+    if device.type != "cuda":
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def attention_mask(
@@ -154,7 +196,8 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, q: Tensor, kh: Tensor, vh: Tensor, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
         """q (B, T, H, Dh); kh, vh (B, H, K, Dh) for keys at consecutive positions ending at the last
-        query; rel_k (H, K+1, Dh) for distances K-1..-1 (relative); mask additive (B|1, 1, T, K), or
+        query; rel_k (H, P, Dh) for distances K-1, ..., -1, ... (relative; P = distance_columns(K));
+        mask additive (B|1, 1, T, K) in the compute dtype, or
         None where causality needs no mask: T == 1 (one query over its whole context), or absolute
         attention with T == K (SDPA's is_causal). Returns (B, T, H*Dh)."""
         B, T = q.shape[:2]
@@ -165,13 +208,14 @@ class MultiHeadAttention(nn.Module):
             # the 1/sqrt(Dh) scale is folded into the queries so (b)+(d) is scaled once, here
             qu = (qh + self.u.to(qh.dtype)[:, None]) * self.scale  # (B, H, T, Dh)
             qv = (qh + self.v.to(qh.dtype)[:, None]) * self.scale
-            rel_t = rel_k.transpose(-1, -2)  # (H, Dh, K+1)
+            rel_t = rel_k.transpose(-1, -2)  # (H, Dh, P): P >= K+1 distances, see distance_columns
+            K = kh.shape[2]
             needs_grad = torch.is_grad_enabled() and (qh.requires_grad or rel_k.requires_grad)
             if needs_grad and p == 0.0 and qh.device.type == "cpu" and not torch.compiler.is_compiling():
-                o = RelativeAttentionCPU.apply(qu, qv, kh, vh, rel_t, mask)
+                o = RelativeAttentionCPU.apply(qu, qv, kh, vh, rel_t[..., : K + 1], mask)
             elif needs_grad:
-                bias = rel_shift(torch.matmul(qv, rel_t))  # (B, H, T, K), a view
-                bias = bias + mask if mask is not None else bias.contiguous()
+                bias = rel_shift(torch.matmul(qv, rel_t), K)  # (B, H, T, K), a view
+                bias = bias + mask if mask is not None else bias.contiguous()  # a fresh tensor
                 o = F.scaled_dot_product_attention(
                     qu, kh, vh, attn_mask=bias.to(qu.dtype), dropout_p=p, scale=1.0
                 )
@@ -245,12 +289,16 @@ _CPU_CHUNK_ELEMENTS = 1 << 21
 # Queries per block in CPU inference (0 = one block); see _relative_inference.
 CPU_QUERY_BLOCK = 256
 
+# Devices whose SDPA kernels read a float mask at any storage offset: there the position scores take
+# the mask in place (no fresh (B, H, T, K) tensor); elsewhere (CUDA) the bias is made fresh.
+IN_PLACE_BIAS_DEVICES = ("cpu",)
+
 
 def _relative_inference(
     qu: Tensor, qv: Tensor, kh: Tensor, vh: Tensor, rel_t: Tensor, mask: Tensor | None, p: float
 ) -> Tensor:
     """Relative attention without autograd: qu, qv (B, H, T, Dh), kh, vh (B, H, K, Dh), rel_t
-    (H, Dh, K+1) -> (B, H, T, Dh).
+    (H, Dh, P) for distances K-1, ..., -1 (and padding) -> (B, H, T, Dh).
 
     On CPU the queries go in blocks of CPU_QUERY_BLOCK: a block ending at query q1 sees no key past
     M + q1 (causality; the other limits only hide more), so it is the same problem with K' = M + q1
@@ -269,7 +317,7 @@ def _relative_inference(
             k1 = M + q1  # keys 0 .. k1-1: all this block's queries can see
             rows = slice(q0, q1)
             outs.append(_relative_inference_rows(
-                qu[:, :, rows], qv[:, :, rows], kh[:, :, :k1], vh[:, :, :k1], rel_t[..., K - k1 :],
+                qu[:, :, rows], qv[:, :, rows], kh[:, :, :k1], vh[:, :, :k1], rel_t[..., K - k1 : K + 1],
                 mask[:, :, rows, :k1], p))
         return torch.cat(outs, dim=2)
     return _relative_inference_rows(qu, qv, kh, vh, rel_t, mask, p)
@@ -281,13 +329,21 @@ def _relative_inference_rows(
     """_relative_inference for all queries at once, a few batch rows at a time on CPU."""
     B, H, T = qu.shape[:3]
     K = kh.shape[2]
+    in_place = qu.device.type in IN_PLACE_BIAS_DEVICES
     step = B if qu.device.type != "cpu" else _cpu_rows(B, H, T, K)
     outs = []
     for b in range(0, B, step):
         rows = slice(b, b + step)
-        bias = rel_shift(torch.matmul(qv[rows], rel_t))  # (b, H, T, K), a view
-        if mask is not None:
-            bias.add_(mask if mask.shape[0] == 1 else mask[rows])
+        bias = rel_shift(torch.matmul(qv[rows], rel_t), K)  # (b, H, T, K), a view
+        m = None if mask is None else (mask if mask.shape[0] == 1 else mask[rows])
+        if in_place:
+            if m is not None:
+                bias.add_(m)
+        else:
+            # a fresh tensor: the view starts T - 1 elements into its buffer, and the CUDA kernels check
+            # a mask's strides but not its start ("attn_bias_ptr is not correctly aligned" in bf16,
+            # misaligned 16-byte loads in fp32); and in the queries' dtype (bf16 weights: no float32 mask)
+            bias = (bias if m is None else bias + m).contiguous().to(qu.dtype)
         outs.append(
             F.scaled_dot_product_attention(
                 qu[rows], kh[rows], vh[rows], attn_mask=bias, dropout_p=p, scale=1.0
@@ -319,7 +375,7 @@ class RelativeAttentionCPU(torch.autograd.Function):
     def _position_scores(qv, rel_t, mask, rows, buf):
         """buf (b, H, T, K+1) <- qv[rows] rel_t; returns its shifted view (b, H, T, K) + mask."""
         torch.matmul(qv[rows], rel_t, out=buf)
-        bias = rel_shift(buf)  # (b, H, T, K), a view of buf
+        bias = rel_shift(buf, buf.shape[-1] - 1)  # (b, H, T, K), a view of buf
         if mask is not None:
             bias.add_(mask if mask.shape[0] == 1 else mask[rows])
         return bias
@@ -327,6 +383,7 @@ class RelativeAttentionCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qu, qv, k, v, rel_t, mask):  # type: ignore[override]
         B, H, T, K = qu.shape[0], qu.shape[1], qu.shape[2], k.shape[2]
+        assert rel_t.shape[-1] == K + 1, "the CPU path has unpadded distance rows"
         step = _cpu_rows(B, H, T, K)
         buf = qu.new_empty(min(step, B), H, T, K + 1)
         outs, lses = [], []

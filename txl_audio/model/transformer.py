@@ -30,7 +30,7 @@ computation done the slow way: it re-projects the whole context for every token.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +42,10 @@ from txl_audio.data import IGNORE_INDEX
 from txl_audio.model.attention import (
     MultiHeadAttention,
     attention_mask,
+    compute_dtype,
+    distance_columns,
     relative_distances,
+    sdpa_backends,
     sinusoid,
 )
 from txl_audio.model.memory import DecodingCache, LayerMemory, Memory, update_memory
@@ -263,19 +266,23 @@ class TransformerXL(nn.Module):
         h = self.drop(h)
 
         limit = self._query_limit(doc_pos, L)
-        mask = None if (limit is None and not self.relative) else attention_mask(T, K, limit, dev)
+        mask = None
+        if limit is not None or self.relative:
+            mask = attention_mask(T, K, limit, dev, dtype=compute_dtype(h))
         rel_k = None
         if self.relative:
-            pos_emb = self.drop(self._rel_pos(relative_distances(K, L.clamp_len, dev), h.dtype))  # (K+1, D)
+            d = relative_distances(K, L.clamp_len, dev, distance_columns(K, dev))
+            pos_emb = self.drop(self._rel_pos(d, h.dtype))  # (P, D), P >= K+1 distances
 
         new = []
-        for i, layer in enumerate(self.layers):
-            past = mems.layers[i] if M else None
-            if self.relative:
-                rel_k = layer.attn.rel_keys(pos_emb)  # (H, K+1, Dh)
-            out, k, v = layer(h, past, rel_k, mask)
-            new.append(update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len))
-            h = out
+        with sdpa_backends(dev) if self.relative else nullcontext():
+            for i, layer in enumerate(self.layers):
+                past = mems.layers[i] if M else None
+                if self.relative:
+                    rel_k = layer.attn.rel_keys(pos_emb)  # (H, P, Dh)
+                out, k, v = layer(h, past, rel_k, mask)
+                new.append(update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len))
+                h = out
         logits, loss = self._output(self.drop(self.final_norm(h)), targets, return_logits)
         return ModelOutput(logits, loss, Memory(tuple(new)))
 
@@ -355,9 +362,10 @@ class TransformerXL(nn.Module):
         dtype = cache.layers[0].keys.dtype
         mask = torch.zeros((n, W), device=h.device, dtype=dtype).masked_fill_(hidden, float("-inf"))
         dist = dist.clamp(0, W - 1)
-        for i, (layer, ring) in enumerate(zip(self.layers, cache.layers)):
-            rel_k = cache.rel_keys[i] if cache.rel_keys is not None else None
-            h = layer.step(h, ring, slots, rel_k, dist, mask)
+        with sdpa_backends(h.device):
+            for i, (layer, ring) in enumerate(zip(self.layers, cache.layers)):
+                rel_k = cache.rel_keys[i] if cache.rel_keys is not None else None
+                h = layer.step(h, ring, slots, rel_k, dist, mask)
         cache.t.add_(n)
         cache.position += n
         logits, _ = self._output(self.drop(self.final_norm(h)), None)
