@@ -12,14 +12,34 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import librosa
 import numpy as np
-import soundfile as sf
 
 from txl_audio.tokenizers import Tokenizer, code_counts, unigram_entropy
 
-# librosa (>= 0.10) loads its submodules on first use, so importing it here is free (about 1 ms); the
-# first resample pays about 1.4 s (numba, scipy; 2-core CPU), and only when a file needs resampling.
+# soundfile and librosa are dependencies, but an environment may lack them (the GPU image does):
+# SAMPLE_RATE and everything that touches no file still import, and reading, writing or resampling
+# says what is missing. librosa (>= 0.10) loads its submodules on first use, so importing it is free
+# (about 1 ms); the first resample pays about 1.4 s (numba, scipy; 2-core CPU).
+try:
+    import soundfile as sf
+except ImportError:  # pragma: no cover (tested in a subprocess that hides it)
+    sf = None
+try:
+    import librosa
+except ImportError:  # pragma: no cover
+    librosa = None
+
+
+class MissingDependency(RuntimeError):
+    """A package this needs is not installed; the message says which and how to get it."""
+
+
+def require(module, name: str):
+    """``module`` (imported at the top of the calling module), or a MissingDependency naming it."""
+    if module is None:
+        raise MissingDependency(f"{name} is not installed: `pip install {name}` (or, on a machine without "
+                                "network, the wheels `make gpu-wheels` downloads)")
+    return module
 
 SAMPLE_RATE = 16_000
 
@@ -76,9 +96,10 @@ def audio_info(path: str | Path) -> AudioInfo:
     """Read only the header of an audio file."""
     path = Path(path)
     _check_exists(path)
+    soundfile = require(sf, "soundfile")
     try:
-        i = sf.info(str(path))
-    except (sf.SoundFileError, RuntimeError, OSError) as e:
+        i = soundfile.info(str(path))
+    except (soundfile.SoundFileError, RuntimeError, OSError) as e:
         raise _open_error(path, e) from None
     return AudioInfo(
         path=str(path), sample_rate=int(i.samplerate), channels=int(i.channels), frames=int(i.frames),
@@ -105,15 +126,16 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
     """
     path = Path(path)
     _check_exists(path)
+    soundfile = require(sf, "soundfile")
     try:
-        with sf.SoundFile(str(path)) as f:
+        with soundfile.SoundFile(str(path)) as f:
             info = AudioInfo(
                 path=str(path), sample_rate=int(f.samplerate), channels=int(f.channels), frames=0,
                 duration=0.0, format=f.format, subtype=f.subtype,
             )
             # always_2d: (N, C) whatever the channel count; integer PCM is scaled to [-1, 1) by libsndfile
             wave = f.read(dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError) as e:
+    except (soundfile.SoundFileError, RuntimeError, OSError) as e:
         raise _open_error(path, e) from None
     info.frames = int(wave.shape[0])  # frames actually decoded (a truncated file has fewer than its header)
     info.duration = info.frames / info.sample_rate if info.sample_rate else 0.0
@@ -157,8 +179,8 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return np.asarray(wave, dtype=np.float32)
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
-    out = librosa.resample(np.asarray(wave, dtype=np.float32), orig_sr=orig_sr, target_sr=target_sr,
-                           res_type="soxr_hq")
+    out = require(librosa, "librosa").resample(np.asarray(wave, dtype=np.float32), orig_sr=orig_sr,
+                                               target_sr=target_sr, res_type="soxr_hq")
     return out.astype(np.float32, copy=False)
 
 
@@ -210,7 +232,8 @@ def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RAT
         raise AudioError(f"{path}: refusing to save a waveform with NaN or infinite values")
     fmt, subtype = _SAVE_SUBTYPES[ext]
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(wave, -1.0, 1.0), int(sample_rate), format=fmt, subtype=subtype)
+    soundfile = require(sf, "soundfile")
+    soundfile.write(str(path), np.clip(wave, -1.0, 1.0), int(sample_rate), format=fmt, subtype=subtype)
 
 
 def find_audio_files(folder: str | Path) -> list[Path]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import librosa
 import matplotlib
 import numpy as np
 import torch
 
-from txl_audio.audio import SAMPLE_RATE
+from txl_audio.audio import SAMPLE_RATE, librosa, require
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -32,7 +31,8 @@ def log_mel_spectrogram(
     window = torch.hann_window(n_fft)
     spec = torch.stft(x, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True)
     power = spec.abs().pow(2) / window.sum().pow(2)  # (F, frames)
-    mel = torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)).float()
+    filters = require(librosa, "librosa").filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    mel = torch.from_numpy(filters).float()
     mel_power = mel @ power  # (n_mels, frames)
     db = 10.0 * torch.log10(mel_power.clamp_min(10 ** (floor_db / 10)))
     return db.numpy().astype(np.float32)
