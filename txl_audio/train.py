@@ -234,8 +234,11 @@ class StepResult:
 def train_step(run: Run, lr: float) -> StepResult:
     """One optimizer update on the next global batch."""
     tc, procs = run.tc, run.procs
-    batch = run.batches.next().to(run.device, non_blocking=True)
-    count = int(procs.sum_((batch.targets != IGNORE_INDEX).sum().to(torch.float64)).item())
+    batch = run.batches.next()  # on the CPU: counting its targets there costs no device sync
+    count = int((batch.targets != IGNORE_INDEX).sum())
+    if procs.world > 1:
+        count = int(procs.sum_(torch.tensor(count, dtype=torch.float64, device=run.device)).item())
+    batch = batch.to(run.device, non_blocking=True)
     tokens = batch.tokens.numel() * procs.world
     if count == 0:  # nothing to learn from (all targets ignored): keep the memory, skip the update
         return StepResult(float("nan"), 0.0, 0, tokens, True)
@@ -253,9 +256,12 @@ def train_step(run: Run, lr: float) -> StepResult:
             (loss * scale).backward()
         run.memories[i] = out.mems
         loss_sum += loss.detach().to(torch.float64)
-    mean_loss = procs.sum_(loss_sum).item() / count
+    procs.sum_(loss_sum)
     params = [p for p in run.model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, tc.clip if tc.clip > 0 else float("inf")).item()
+    norm_t = torch.nn.utils.clip_grad_norm_(params, tc.clip if tc.clip > 0 else float("inf"))
+    # the step's one wait for the device: loss and norm together (the update depends on both being finite)
+    loss_total, norm = torch.stack([loss_sum, norm_t.to(torch.float64)]).tolist()
+    mean_loss = loss_total / count
     ok = math.isfinite(mean_loss) and math.isfinite(norm)
     if ok:
         for g in run.optimizer.param_groups:
