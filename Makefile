@@ -38,11 +38,17 @@ lint: install
 clean:
 	rm -rf runs/demo benchmarks/results
 
-# Wheels that the GPU image lacks, for benchmarks/gpu_check.sh on a machine without network
-# (its python is 3.12 on x86_64): carry gpu_wheels/ along with the working tree. The image has numpy,
-# scipy, scikit-learn, joblib, numba, msgpack, packaging, requests and typing-extensions, but not
-# cffi/pycparser (soundfile's) nor the rest below; gpu_check.sh installs them with --no-deps.
+# Wheels that the GPU image lacks, for benchmarks/gpu_check.sh on a machine without network (Python 3.12
+# on x86_64): carry gpu_wheels/ along with the working tree. The image has numpy, scipy, scikit-learn,
+# joblib, numba, msgpack, lazy-loader, packaging, requests and typing-extensions, but not soundfile,
+# librosa, soxr, audioread, pooch, platformdirs, decorator nor soundfile's cffi/pycparser; gpu_check.sh
+# installs these with --no-index --no-deps into a folder of its own. Any python with pip will do (no
+# .venv needed); one pinned version of each, the folder made afresh so no second version lingers.
+GPU_WHEELS = soundfile==0.14.0 librosa==0.11.0 soxr==1.1.0 audioread==3.1.0 pooch==1.9.0 \
+	platformdirs==4.14.8 decorator==5.3.1 cffi==2.1.1 pycparser==3.12
 gpu-wheels:
-	$(PY) -m pip download --no-deps --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 \
-		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d gpu_wheels \
-		soundfile==0.14.0 librosa==0.11.0 cffi pycparser soxr audioread pooch platformdirs decorator lazy_loader
+	rm -rf gpu_wheels
+	$(PYTHON) -m pip download --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform any -d gpu_wheels $(GPU_WHEELS)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from txl_audio.audio import SAMPLE_RATE  # noqa: E402
 from txl_audio.config import ModelConfig, load_config  # noqa: E402
-from txl_audio.decoders import make_decoder  # noqa: E402
+from txl_audio.decoders import CachedDecoder, make_decoder  # noqa: E402
 from txl_audio.devices import device_name  # noqa: E402
 from txl_audio.generate import draw, now  # noqa: E402
 from txl_audio.model import TransformerXL  # noqa: E402
@@ -55,7 +55,9 @@ def time_decoding(model, batch, kind, steps, min_seconds, device):
         else:
             dec = make_decoder(model, batch, "cached", cuda_graph=kind == "graph")
         logits = dec.prefill(prompt)
-        for _ in range(3):  # warm-up (allocator, kernels, graphs)
+        # warm-up (allocator, kernels): past the decoder's eager steps and the CUDA graph's capture,
+        # so the timed steps are replays
+        for _ in range(CachedDecoder.EAGER_STEPS + 2):
             logits = dec.step(draw(logits, 1.0, generator=g))
         t0 = now(device)
         n = 0

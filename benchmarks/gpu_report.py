@@ -1,8 +1,9 @@
-"""The README's GPU results from what benchmarks/gpu_check.sh left under $OUT: one markdown report with
-the card, torch version and date, the throughput, generation, memory and training tables, and the
-issue's goals marked met or missed from the numbers (nothing is typed in by hand).
+"""docs/gpu.md's results from what benchmarks/gpu_check.sh left in its work folder (packed into
+$OUT/gpu_check.tar.gz): one markdown report with the card, torch version and date, the go/no-go's
+attention kernels per path, the throughput, generation, memory and training tables, and the issue's
+goals marked met or missed from the numbers (nothing is typed in by hand).
 
-    python benchmarks/gpu_report.py OUT            # prints it; gpu_check.sh writes OUT/report.md
+    python benchmarks/gpu_report.py DIR    # DIR: the unpacked archive; gpu_check.sh writes OUT/report.md
 
 A file a step did not leave (it failed or ran out of time) is reported as missing, not guessed.
 """
@@ -174,6 +175,16 @@ def machine(out: Path) -> str:
     return "unknown machine"
 
 
+def preflight_section(out: Path) -> list[str]:
+    """The go/no-go's verdict and, per attention path and precision, the kernels that ran."""
+    try:
+        lines = (out / "preflight.log").read_text().splitlines()
+    except OSError:
+        return ["(preflight.log missing)"]
+    keep = [x for x in lines if "attention kernels" in x or x.startswith(("GO", "NO-GO", "CUDA graph"))]
+    return [f"    {x}" for x in keep] or ["(no kernels in preflight.log)"]
+
+
 def report(out: Path) -> str:
     goals: list[str] = []
     speed = speed_section(out, goals)
@@ -181,6 +192,8 @@ def report(out: Path) -> str:
     date = (_load(out / "gpu_speed_small.json") or _load(out / "generate_speed.json") or {}).get("date", "?")
     parts = [f"GPU results, {date}: {machine(out)} (`OUT=... bash benchmarks/gpu_check.sh`)",
              "",
+             "Go/no-go (benchmarks/gpu_preflight.py): the attention kernels each path ran:", "",
+             *preflight_section(out), "",
              "Training and evaluation throughput, against the einsum version in the same run:",
              "", *speed, "",
              "Generation (cached decoding against the reference path, one run):", "", *gen, "",

@@ -91,9 +91,11 @@ def fit_exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def run(mem_lens: list[int], tgt_len: int, batch: int, device: str, out: Path | None) -> dict:
+    """Every point, the JSON written after each (a run cut short by a time limit keeps what it measured)."""
     import torch
 
-    rows = []
+    rows: list[dict] = []
+    res = _result(rows, tgt_len, batch, device)
     for mode in ("train", "eval"):
         for m in mem_lens:
             if device == "cuda":
@@ -102,6 +104,16 @@ def run(mem_lens: list[int], tgt_len: int, batch: int, device: str, out: Path | 
             else:
                 peak = _point_in_subprocess(m, tgt_len, batch, mode)
             rows.append({"mode": mode, "mem_len": m, "peak_mib": peak / 2**20})
+            res = _result(rows, tgt_len, batch, device)
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _result(rows: list[dict], tgt_len: int, batch: int, device: str) -> dict:
+    import torch
+
     res = {
         "benchmark": "memory_scaling",
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
@@ -119,9 +131,6 @@ def run(mem_lens: list[int], tgt_len: int, batch: int, device: str, out: Path | 
         xs = [r["mem_len"] for r in pts if r["mem_len"] > 0]
         ys = [max(r["peak_mib"] - base, 1e-6) for r in pts if r["mem_len"] > 0]
         res["exponent"][mode] = fit_exponent(xs, ys) if len(xs) >= 2 else float("nan")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1))
     return res
 
 

@@ -12,6 +12,7 @@
 #   GEN_SECONDS=2            seconds of audio to generate
 #   QUICK=1                  a seconds-long smoke run (a minute model, a few steps): checks the plumbing only
 #   RESUME=1                 continue the run in OUT instead of starting it again
+#   TXL_SET="k=v ..."        more config overrides for training (e.g. train.compile=false)
 #   TXL="python -m txl_audio"  how to call the command (default: txl-audio when on PATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +26,9 @@ if [ -z "${TXL:-}" ]; then
     if command -v txl-audio >/dev/null 2>&1; then TXL=txl-audio; else TXL="python3 -m txl_audio"; fi
 fi
 SETS=()
+for kv in ${TXL_SET:-}; do SETS+=(--set "$kv"); done
 if [ "${QUICK:-0}" = 1 ]; then
-    SETS=(--set model.n_layer=1 --set model.d_model=32 --set model.n_head=2 --set model.d_head=16
+    SETS+=(--set model.n_layer=1 --set model.d_model=32 --set model.n_head=2 --set model.d_head=16
           --set model.d_inner=64 --set model.tgt_len=32 --set model.mem_len=32 --set train.batch_size=2
           --set train.max_steps=3 --set train.eval_every=3 --set train.ckpt_every=3 --set train.log_every=2
           --set data.max_eval_tokens=1024)

@@ -27,30 +27,56 @@ def test_gpu_speed_script_runs_on_cpu(tmp_path, capsys, monkeypatch):
 
 
 def test_gpu_check_script_dry_run_on_cpu(tmp_path):
-    """Every step of benchmarks/gpu_check.sh runs (tiny sizes, CPU) and leaves its results under $OUT:
-    a flag, path or config key that went stale would otherwise surface only on a lent GPU."""
+    """Every step of benchmarks/gpu_check.sh runs (tiny sizes, CPU) and leaves its results in the archive
+    under $OUT, with at most 8 files there (what the device machine gives back): a flag, path or config
+    key that went stale would otherwise surface only on a lent GPU."""
     import os
     import subprocess
+    import tarfile
 
     out = tmp_path / "gpu"
     env = {**os.environ, "DEVICE": "cpu", "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable}
     subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, check=True, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.tar.gz", "report.md", "summary.txt"]
     summary = (out / "summary.txt").read_text()
     assert "exit status" not in summary, summary  # no step failed or ran out of time
+    work = tmp_path / "unpacked"
+    with tarfile.open(out / "gpu_check.tar.gz") as tar:
+        tar.extractall(work, filter="data")
     for name in ("gpu_speed_small.json", "gpu_speed_base.json", "generate_speed.json", "memory_scaling.json",
-                 "eval_summary.json", "metrics.jsonl", "curves.png", "generation.json"):
-        assert (out / name).stat().st_size > 0, name
-    small = json.loads((out / "gpu_speed_small.json").read_text())["rows"][0]
+                 "eval_summary.json", "metrics.jsonl", "curves.png", "generation.json", "preflight.log",
+                 "cuda_tests.log", "quickstart.log", "report.md", "summary.txt"):
+        assert (work / name).stat().st_size > 0, name
+    assert "GO (" in (work / "preflight.log").read_text()
+    small = json.loads((work / "gpu_speed_small.json").read_text())["rows"][0]
     assert {"train_ours", "train_einsum", "train_ours_compiled", "eval_ours_compiled"} <= small.keys()
-    gen = json.loads((out / "generate_speed.json").read_text())["rows"]
+    gen = json.loads((work / "generate_speed.json").read_text())["rows"]
     assert all(r["cached_samples_per_s"] > 0 and r["speedup"] > 0 for r in gen)
-    assert json.loads((out / "eval_summary.json").read_text())["split"] == "test"
+    assert json.loads((work / "eval_summary.json").read_text())["split"] == "test"
     report = (out / "report.md").read_text()
     assert "missing" not in report and "not measured" not in report, report
     assert "| audio_small (fp32) | 2 x 16 | train |" in report and "| eval step |" in report
     assert "xz -9e, same tokens" in report and report.count("**m") >= 2  # goals marked met/missed
+    assert "attention kernels" in report and "flash_attention_for_cpu" in report
     assert summary.rstrip().endswith("done")
+    # the quickstart inside the check trains uncompiled (its minutes go to training)
+    assert "compile = false" in (work / "config.toml").read_text()
+
+
+def test_gpu_check_stops_at_a_failed_go_no_go(tmp_path):
+    """A failing go/no-go ends the run early, says why, and still packs what it has."""
+    import os
+    import subprocess
+
+    out = tmp_path / "gpu"
+    env = {**os.environ, "DEVICE": "cuda:7", "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    summary = (out / "summary.txt").read_text()
+    assert "NO-GO" in summary and "cuda tests" not in summary
+    assert (out / "gpu_check.tar.gz").stat().st_size > 0 and (out / "report.md").is_file()
 
 
 def test_gpu_report_marks_goals_from_the_numbers(tmp_path):
