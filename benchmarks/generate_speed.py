@@ -31,7 +31,7 @@ from txl_audio.audio import SAMPLE_RATE  # noqa: E402
 from txl_audio.config import ModelConfig, load_config  # noqa: E402
 from txl_audio.decoders import CachedDecoder, make_decoder  # noqa: E402
 from txl_audio.devices import device_name  # noqa: E402
-from txl_audio.generate import draw, now  # noqa: E402
+from txl_audio.generate import now  # noqa: E402
 from txl_audio.model import TransformerXL  # noqa: E402
 
 CONFIGS = {
@@ -54,17 +54,17 @@ def time_decoding(model, batch, kind, steps, min_seconds, device):
             dec = make_decoder(model, batch, "reference")
         else:
             dec = make_decoder(model, batch, "cached", cuda_graph=kind == "graph")
-        logits = dec.prefill(prompt)
+        predicted = dec.prefill(prompt)
         # warm-up (allocator, kernels): past the decoder's eager steps and the CUDA graph's capture,
         # so the timed steps are replays
         for _ in range(CachedDecoder.EAGER_STEPS + 2):
-            logits = dec.step(draw(logits, 1.0, generator=g))
+            predicted = dec.step(predicted.sample(1.0, generator=g))
         t0 = now(device)
         n = 0
         # rounds of `steps` steps; the clock (a device sync on CUDA) is read between rounds only
         while n == 0 or (now(device) - t0 < min_seconds and n < 20 * steps):
             for _ in range(steps):
-                logits = dec.step(draw(logits, 1.0, generator=g))
+                predicted = dec.step(predicted.sample(1.0, generator=g))
             n += steps
         elapsed = now(device) - t0
     return batch * n / elapsed, n

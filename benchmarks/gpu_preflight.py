@@ -132,7 +132,7 @@ def attention_paths(device: torch.device, quick: bool) -> None:
         with torch.no_grad(), ctx:
             cache = model.init_cache(B)
             model.step(segs[0], cache)  # a prompt chunk
-            return model.step(segs[1][:, :1], cache).float()  # one token
+            return model.step(segs[1][:, :1], cache).logits.float()  # one token
 
     fp32 = {"evaluation": evaluate(ref, nullcontext()), "decoding": decode(ref, nullcontext())}
     variants = {"fp32": (ref, nullcontext)}

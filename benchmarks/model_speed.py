@@ -141,11 +141,11 @@ def decode(
     authors' code decodes). Returns the new tokens (B, n_new) and the seconds each one-token step took
     (the prompt is not timed)."""
     dec = make_decoder(model, prompt.shape[0], kind, cuda_graph=False)
-    tok = dec.prefill(prompt).argmax(-1)  # (B,)
+    tok = dec.prefill(prompt).logits.argmax(-1)  # (B,)
     out, times = [tok], []
     for _ in range(n_new - 1):
         t0 = time.perf_counter()
-        tok = dec.step(tok).argmax(-1)
+        tok = dec.step(tok).logits.argmax(-1)
         times.append(time.perf_counter() - t0)
         out.append(tok)
     return torch.stack(out, 1), times

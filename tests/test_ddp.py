@@ -64,7 +64,7 @@ def test_two_processes_match_one(tmp_path):
     # both ranks' stream positions and memories are in the checkpoint, so both can resume
     state = torch.load(tmp_path / "ddp" / "ckpt_5.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
-    assert state["ranks"][0]["mems"][0][0].shape[0] == 2  # 2 of the 4 streams each
+    assert state["ranks"][0]["mems"][0]["hidden"][0].shape[0] == 2  # 2 of the 4 streams each
     # resuming the 2-process run continues both ranks' streams: still the single-process run
     longer = _config(corpus).with_overrides(["train.max_steps=7"])
     ddp2 = torchrun(longer, "--resume")

@@ -160,8 +160,8 @@ def test_decoders_give_the_reference_logits_token_by_token():
     with torch.inference_mode():
         for kind in ("reference", "cached"):
             dec = make_decoder(model, 2, kind)
-            out = [dec.prefill(tokens[:, :7])]
-            out += [dec.step(tokens[:, i]).clone() for i in range(7, 40)]
+            out = [dec.prefill(tokens[:, :7]).logits]
+            out += [dec.step(tokens[:, i]).logits.clone() for i in range(7, 40)]
             logits[kind] = torch.stack(out, 1)  # (B, 34, V)
     # and the whole stream through forward() segment by segment with memory (evaluation's view)
     full, mems = [], None

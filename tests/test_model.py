@@ -437,10 +437,10 @@ def greedy_feeding_memories(model, prompt: torch.Tensor, n_new: int) -> torch.Te
 
 def greedy_cached(model, prompt: torch.Tensor, n_new: int) -> torch.Tensor:
     cache = model.init_cache(prompt.shape[0])
-    logits = model.step(prompt, cache)
+    logits = model.step(prompt, cache).logits
     toks = [logits[:, -1].argmax(-1, keepdim=True)]
     for _ in range(n_new - 1):
-        logits = model.step(toks[-1], cache)
+        logits = model.step(toks[-1], cache).logits
         assert cache.slots == model.config.mem_len + model.config.tgt_len
         toks.append(logits[:, -1].argmax(-1, keepdim=True))
     return torch.cat(toks, 1)
@@ -465,12 +465,12 @@ def test_cached_decoding_equals_segment_by_segment_forward(kw, block, monkeypatc
     x = torch.randint(0, V, (2, 30))  # 7.5 segments: the window slides many times
     expect = run_segments(model, x, cfg.tgt_len)
     cache = model.init_cache(2)
-    one_at_a_time = torch.cat([model.step(x[:, t : t + 1], cache) for t in range(30)], 1)
+    one_at_a_time = torch.cat([model.step(x[:, t : t + 1], cache).logits for t in range(30)], 1)
     close(one_at_a_time, expect)
     # any chunking (crossing segment boundaries) gives the same
     cache = model.init_cache(2)
     cuts = [0, 3, 4, 11, 12, 13, 22, 30]
-    chunked = torch.cat([model.step(x[:, a:b], cache) for a, b in zip(cuts, cuts[1:])], 1)
+    chunked = torch.cat([model.step(x[:, a:b], cache).logits for a, b in zip(cuts, cuts[1:])], 1)
     close(chunked, expect)
     assert cache.position == 30 and int(cache.t) == 30 and cache.slots == cfg.mem_len + cfg.tgt_len
 
@@ -581,7 +581,7 @@ def test_cuda_compiled_and_bf16_close_to_fp32():
             bf = run_segments(model, x, 32).float()
             cbf = run_segments(compiled, x, 32).float()
             cache = model.init_cache(2)
-            stepped = torch.cat([model.step(x[:, i : i + 1], cache) for i in range(96)], 1).float()
+            stepped = torch.cat([model.step(x[:, i : i + 1], cache).logits for i in range(96)], 1).float()
     scale = ref.abs().max()
     for got in (bf, cbf, stepped):
         assert (got - ref).abs().max() < 0.05 * scale

@@ -208,8 +208,8 @@ def test_transformer_xl_adaptive_cached_step_equals_forward():
         o2 = model(tokens[:, 6:], mems=o1.mems)
         ref = torch.cat([o1.logits, o2.logits], 1)
         cache = model.init_cache(2)
-        got = model.step(tokens[:, :5], cache)
-        got2 = model.step(tokens[:, 5:], cache)
+        got = model.step(tokens[:, :5], cache).logits
+        got2 = model.step(tokens[:, 5:], cache).logits
     torch.testing.assert_close(torch.cat([got, got2], 1), ref, atol=1e-4, rtol=1e-4)
 
 

@@ -263,9 +263,11 @@ def test_make_tokenizer_and_dict_roundtrip(name, cls, vocab):
 def test_tokenizer_names_and_metric_names():
     # the one list every audio command offers: each name makes an audio tokenizer
     assert TOKENIZER_NAMES == (*AUDIO_TOKENIZERS, "bytes")
-    assert [make_tokenizer(n).to_dict() for n in AUDIO_TOKENIZERS] == [t.to_dict() for t in AUDIO_TOKS]
+    made = [make_tokenizer(n).to_dict() for n in AUDIO_TOKENIZERS]
+    assert made == [t.to_dict() for t in AUDIO_TOKS] + [LinearTokenizer(16).to_dict()]  # pcm16 = linear16
     assert all(make_tokenizer(n).unit == "sample" for n in AUDIO_TOKENIZERS)
     assert metric_name(MuLawTokenizer(8).unit) == "bits per sample"
+    assert metric_name("sample", 65_536) == "bits per 16-bit sample"  # not on the 8-bit scale
     assert metric_name(ByteTokenizer().unit) == "bits per character"
     assert metric_name(WordTokenizer.build(["a b"]).unit) == "bits per word"
     with pytest.raises(ValueError, match="unknown tokenizer unit 'token'"):

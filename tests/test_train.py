@@ -180,7 +180,7 @@ def test_trains_on_cuda_with_bf16(corpus, tmp_path, compile_model):
     assert all(math.isfinite(x) for x in r.losses) and r.valid["bits"] < 8.0
     # the checkpoint is device-free: it loads and resumes on the CPU
     state = torch.load(r.checkpoint, weights_only=True, map_location="cpu")
-    assert state["ranks"][0]["mems"][0][0].device.type == "cpu"
+    assert state["ranks"][0]["mems"][0]["hidden"][0].device.type == "cpu"
     more = tiny_config(corpus, device="cpu", max_steps=8)
     assert train(more, tmp_path, resume=True, **quiet()).step == 8
 
@@ -220,7 +220,7 @@ def test_bf16_autocast_training_on_cpu_close_to_fp32(corpus, tmp_path):
     assert bf16.losses != fp32.losses  # it did run in bf16
     # the checkpoint holds float32 weights and memories, so the run resumes in fp32
     state = torch.load(bf16.checkpoint, weights_only=True, map_location="cpu")
-    assert state["ranks"][0]["mems"][0][0].dtype == torch.float32
+    assert state["ranks"][0]["mems"][0]["hidden"][0].dtype == torch.float32
     assert train(tiny_config(corpus, max_steps=4), tmp_path / "bf16", resume=True, **quiet()).step == 4
 
 

@@ -27,6 +27,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+HEADS = ("softmax", "dual_softmax", "logistic_mixture")
+
+
 class ConfigError(ValueError):
     """A config value, key or file that cannot be used; the message names it (the command exits 2)."""
 
@@ -126,6 +129,13 @@ class ModelConfig(_Typed):
     cutoffs: tuple[int, ...] = ()  # adaptive softmax/input cluster cutoffs; () = full softmax
     div_val: int = 1  # adaptive embedding size divisor per cluster
     init_std: float = 0.02
+    # the output distribution: "softmax" over the vocabulary (8-bit codes, text; also 65,536-way for
+    # 16-bit), or for 16-bit PCM (vocab_size 65,536) "dual_softmax" (coarse and fine byte, WaveRNN) or
+    # "logistic_mixture" (a discretized mixture of logistics, PixelCNN++); see model/heads.py
+    head: str = "softmax"
+    mixture_components: int = 10  # logistic_mixture: K
+    lp_order: int = 0  # 16-bit heads: order of the linear-prediction prior the head is centred on; 0 = none
+    lp_aux_weight: float = 1.0  # weight of the prior's Laplace likelihood in the training loss
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,6 +151,18 @@ class ModelConfig(_Typed):
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.mem_len < 0:
             raise ConfigError(f"model.mem_len must be >= 0, got {self.mem_len}")
+        if self.head not in HEADS:
+            raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head != "softmax" and self.vocab_size != 65_536:
+            raise ConfigError(f"model.head={self.head!r} models 16-bit PCM: it needs model.vocab_size=65536 "
+                              f"(a pcm16 corpus), got {self.vocab_size}")
+        if self.head != "softmax" and self.cutoffs:
+            raise ConfigError("model.cutoffs (adaptive softmax) goes with model.head='softmax' only")
+        if self.lp_order < 0 or (self.lp_order and self.head == "softmax"):
+            raise ConfigError(f"model.lp_order={self.lp_order}: the linear-prediction prior is for the "
+                              "16-bit heads (dual_softmax, logistic_mixture) and must be >= 0")
+        if self.mixture_components < 1:
+            raise ConfigError(f"model.mixture_components must be positive, got {self.mixture_components}")
 
     def lengths(
         self,

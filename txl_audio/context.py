@@ -174,8 +174,9 @@ def analyse_context(
     return curve
 
 
-def summary_text(curves: Sequence[ContextCurve], unit: str, sample_rate: int | None) -> str:
-    metric = metric_name(unit)
+def summary_text(curves: Sequence[ContextCurve], unit: str, sample_rate: int | None,
+                 levels: int | None = None) -> str:
+    metric = metric_name(unit, levels)
 
     def span_str(n: int) -> str:
         return f"{n} tokens" + (f" ({n * 1000 / sample_rate:.0f} ms)" if sample_rate else "")
@@ -211,7 +212,8 @@ def summary_text(curves: Sequence[ContextCurve], unit: str, sample_rate: int | N
 
 
 def write_context(
-    curves: Sequence[ContextCurve], out_dir: str | Path, unit: str = "sample", sample_rate: int | None = None
+    curves: Sequence[ContextCurve], out_dir: str | Path, unit: str = "sample", sample_rate: int | None = None,
+    levels: int | None = None,
 ) -> dict[str, Path]:
     """context_span.csv, context_position.csv, summary.txt and the two PNG plots in ``out_dir``."""
     out = Path(out_dir)
@@ -252,8 +254,8 @@ def write_context(
                             "" if not n else f"{bits:.6f}",
                         ]
                     )
-    paths["summary"].write_text(summary_text(curves, unit, sample_rate) + "\n")
-    metric = metric_name(unit)
+    paths["summary"].write_text(summary_text(curves, unit, sample_rate, levels) + "\n")
+    metric = metric_name(unit, levels)
     plot_nll_vs_context(
         [
             {

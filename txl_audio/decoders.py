@@ -1,7 +1,8 @@
 """Decoders: feed a Transformer-XL a stream one token at a time and return next-token logits.
 
-Thin loops over the model's own methods. Each has ``prefill(tokens (B, P)) -> logits (B, V)`` (once,
-first) and ``step(tok (B,)) -> logits (B, V)``, and gives the context segment-by-segment evaluation
+Thin loops over the model's own methods. Each has ``prefill(tokens (B, P)) -> Predicted`` (once,
+first) and ``step(tok (B,)) -> Predicted`` (the next token's distribution: ``.logits`` (B, V),
+``.sample(temperature, top_k, top_p, generator)``), and gives the context segment-by-segment evaluation
 gives (segments of ``tgt_len`` from the stream's first token; each attends to its own earlier tokens
 plus the ``mem_len`` positions before the segment), so all give the same logits up to float rounding:
 
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from txl_audio.config import Lengths
 from txl_audio.model import Memory, TransformerXL
+from txl_audio.model.sampling import Predicted
 
 
 class CachedDecoder:
@@ -44,34 +46,34 @@ class CachedDecoder:
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # the graph's input
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: Tensor | None = None  # the graph's output
+        self.out: Predicted | None = None  # the graph's output: the head's parameters
         self.eager_steps = 0
 
-    def prefill(self, tokens: Tensor) -> Tensor:
+    def prefill(self, tokens: Tensor) -> Predicted:
         """Feed ``tokens (B, P)``: ``model.step`` takes whole segments per call."""
-        return self.model.step(tokens, self.cache)[:, -1]
+        return self.model.step(tokens, self.cache).last()
 
-    def step(self, tok: Tensor) -> Tensor:
+    def step(self, tok: Tensor) -> Predicted:
         if not self.use_graph:
-            return self.model.step(tok.view(-1, 1), self.cache)[:, -1]
+            return self.model.step(tok.view(-1, 1), self.cache).last()
         self.tok.copy_(tok.view(-1, 1))
         if self.graph is None:
             if self.eager_steps < self.EAGER_STEPS:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
-                    logits = self.model.step(self.tok, self.cache)[:, -1]
+                    out = self.model.step(self.tok, self.cache).last()
                 torch.cuda.current_stream().wait_stream(side)
                 self.eager_steps += 1
-                return logits
+                return out
             position = self.cache.position
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.logits = self.model.step(self.tok, self.cache)[:, -1]  # recorded, not run
+                self.out = self.model.step(self.tok, self.cache)  # recorded, not run
             self.cache.position = position  # the recording ran the Python, not the step
         self.graph.replay()
         self.cache.position += 1  # the host's copy of the position; the device's moved in the graph
-        return self.logits
+        return self.out.last()
 
 
 class ReferenceDecoder:
@@ -88,16 +90,21 @@ class ReferenceDecoder:
         self.lengths = model.config.lengths() if lengths is None else lengths
         self.context: Memory | None = None  # the visible past's hidden states
         self.segment: list[Tensor] = []  # mem_len = 0: this segment's tokens so far, each (B, 1)
+        self.segment_past: Memory | None = None  # mem_len = 0: what the segment starts with (history)
         self.position = 0  # stream position of the next token fed
 
-    def _feed(self, tok: Tensor) -> Tensor:  # (B, 1) -> next-token logits (B, V)
+    def _feed(self, tok: Tensor) -> Predicted:  # (B, 1) -> the next token's prediction (B,)
         L = self.lengths
         if L.mem_len == 0:
             self.segment.append(tok)
-            logits = self.model(torch.cat(self.segment, dim=1), lengths=L).logits[:, -1]
+            # the whole segment so far (and the prior's history from before it)
+            o = self.model(torch.cat(self.segment, dim=1), mems=self.segment_past, lengths=L)
+            logits = o.predicted.last()
+            if len(self.segment) == L.tgt_len:
+                self.segment_past = o.mems
         else:
             o = self.model(tok, mems=self.context, lengths=L)
-            logits = o.logits[:, -1]
+            logits = o.predicted.last()
             new = o.mems.last(1)  # this token's input to every layer, (B, 1, D) each
             self.context = new if self.context is None else self.context.append(new)
         self.position += 1
@@ -107,7 +114,7 @@ class ReferenceDecoder:
                 self.context = self.context.last(L.mem_len)
         return logits
 
-    def prefill(self, tokens: Tensor) -> Tensor:
+    def prefill(self, tokens: Tensor) -> Predicted:
         """Whole segments of a prompt go through the model as in evaluation (their memory is the same
         context token-by-token feeding would build); the rest is fed one token at a time."""
         L = self.lengths
@@ -115,16 +122,19 @@ class ReferenceDecoder:
         full = P // L.tgt_len * L.tgt_len if self.position == 0 else 0
         logits = None
         for s in range(0, full, L.tgt_len):
-            o = self.model(tokens[:, s : s + L.tgt_len], mems=self.context, lengths=L)
-            logits = o.logits[:, -1]
+            past = self.context if L.mem_len > 0 else self.segment_past
+            o = self.model(tokens[:, s : s + L.tgt_len], mems=past, lengths=L)
+            logits = o.predicted.last()
             if L.mem_len > 0:
                 self.context = o.mems.hidden_only()
+            else:
+                self.segment_past = o.mems
         self.position += full
         for t in range(full, P):
             logits = self._feed(tokens[:, t : t + 1])
         return logits
 
-    def step(self, tok: Tensor) -> Tensor:
+    def step(self, tok: Tensor) -> Predicted:
         return self._feed(tok.view(-1, 1))
 
 

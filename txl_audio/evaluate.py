@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from txl_audio import audio
-from txl_audio.baselines import bootstrap_ci, compressor_baselines
+from txl_audio.baselines import bootstrap_ci, compressor_baselines, flac_encoder, pcm16_baselines
 from txl_audio.config import Lengths
 from txl_audio.data import IGNORE_INDEX, Corpus, FileLanes, LaneBatch, Lanes
 from txl_audio.model import TransformerXL, compiled_layers
@@ -46,17 +46,30 @@ from txl_audio.tokenizers import metric_name
 # results
 
 
+PCM16_LEVELS = 65_536
+
+# The baselines a report may carry (baselines.py), in the order shown, with their labels
+BASELINES = {"flac": "FLAC -8", "lpc": "LPC-32 + adaptive Laplace", "xz": "xz -9e", "bzip2": "bzip2 -9"}
+
+
 @dataclass
 class FileResult:
     name: str
     tokens: int  # predictions (the file's length - 1)
     nll_nats: float  # summed over its predictions
-    xz_bytes: int | None = None
-    bzip2_bytes: int | None = None
+    baseline_bits: dict[str, float] = field(default_factory=dict)  # code length of the same tokens
 
     @property
     def bits_per_token(self) -> float:
         return self.nll_nats / math.log(2) / max(self.tokens, 1)
+
+    @property
+    def xz_bytes(self) -> int | None:
+        return None if "xz" not in self.baseline_bits else round(self.baseline_bits["xz"] / 8)
+
+    @property
+    def bzip2_bytes(self) -> int | None:
+        return None if "bzip2" not in self.baseline_bits else round(self.baseline_bits["bzip2"] / 8)
 
 
 @dataclass
@@ -76,6 +89,7 @@ class EvalResult:
     position_tokens: list[int] | None = None
     ci_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    levels: int | None = None  # the vocabulary: 65,536 for 16-bit PCM (reported per 16-bit sample)
 
     @property
     def tokens(self) -> int:
@@ -92,16 +106,22 @@ class EvalResult:
 
     @property
     def metric(self) -> str:
-        return metric_name(self.unit)
+        return metric_name(self.unit, self.levels)
 
     def file_bits(self) -> np.ndarray:
         return np.array([f.bits_per_token for f in self.files if f.tokens > 0])
 
+    @property
+    def baseline_names(self) -> list[str]:
+        present = {k for f in self.files for k in f.baseline_bits}
+        return [k for k in BASELINES if k in present]
+
     def compressor_bits(self, which: str) -> float | None:
-        sizes = [getattr(f, f"{which}_bytes") for f in self.files if f.tokens > 0]
-        if not sizes or any(s is None for s in sizes):
+        """A baseline's bits per token over all files (None when it was not run)."""
+        bits = [f.baseline_bits.get(which) for f in self.files if f.tokens > 0]
+        if not bits or any(b is None for b in bits):
             return None
-        return 8 * sum(sizes) / max(self.tokens, 1)
+        return sum(bits) / max(self.tokens, 1)
 
     def summary(self) -> dict[str, Any]:
         fb = self.file_bits()
@@ -116,8 +136,8 @@ class EvalResult:
             "nll_nats_per_token": self.nll_nats / max(self.tokens, 1),
             "file_mean_bits_per_token": float(fb.mean()) if len(fb) else math.nan,
             "file_mean_ci95": [lo, hi],
-            "xz_bits_per_token": self.compressor_bits("xz"),
-            "bzip2_bits_per_token": self.compressor_bits("bzip2"),
+            **{f"{k}_bits_per_token": self.compressor_bits(k) for k in ("xz", "bzip2")},
+            **{f"{k}_bits_per_token": self.compressor_bits(k) for k in self.baseline_names},
             **asdict(self.lengths),
             "batch_size": self.batch_size,
             "device": self.device,
@@ -149,12 +169,12 @@ class EvalResult:
         ]
         if self.unit == "word":
             lines.append(f"        perplexity {s['perplexity']:.2f}")
-        for name, label in (("xz", "xz -9e"), ("bzip2", "bzip2 -9")):
-            if s[f"{name}_bits_per_token"] is not None:
-                label = f"{label:<9}"
-                lines.append(
-                    f"{label}{s[f'{name}_bits_per_token']:.4f} {self.metric} (same tokens, each file alone)"
-                )
+        width = max([9, *(len(BASELINES[k]) + 1 for k in self.baseline_names)])
+        for name in self.baseline_names:
+            label = f"{BASELINES[name]:<{width}}"
+            lines.append(
+                f"{label}{s[f'{name}_bits_per_token']:.4f} {self.metric} (same tokens, each file alone)"
+            )
         if self.seconds > 0:
             lines.append(f"{s['tokens_per_second']:,.0f} tokens/s on {self.device} ({self.dtype})")
         return "\n".join(lines)
@@ -166,11 +186,12 @@ class EvalResult:
         with open(out / "per_file.csv", "w", newline="") as f:
             w = csv.writer(f)
             u = self.unit  # sample, byte or word: the column names say which
-            w.writerow(["file", "tokens", f"bits_per_{u}", f"xz_bits_per_{u}", f"bzip2_bits_per_{u}"])
+            names = self.baseline_names or ["xz", "bzip2"]
+            w.writerow(["file", "tokens", f"bits_per_{u}", *(f"{k}_bits_per_{u}" for k in names)])
             for r in self.files:
-                xz = "" if r.xz_bytes is None else f"{8 * r.xz_bytes / max(r.tokens, 1):.6f}"
-                bz = "" if r.bzip2_bytes is None else f"{8 * r.bzip2_bytes / max(r.tokens, 1):.6f}"
-                w.writerow([r.name, r.tokens, f"{r.bits_per_token:.6f}", xz, bz])
+                base = ["" if k not in r.baseline_bits else f"{r.baseline_bits[k] / max(r.tokens, 1):.6f}"
+                        for k in names]
+                w.writerow([r.name, r.tokens, f"{r.bits_per_token:.6f}", *base])
         (out / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
         return out
 
@@ -322,10 +343,13 @@ def evaluate_tokens(
     results = [FileResult(names[i], max(len(docs[i]) - 1, 0), 0.0) for i in range(len(docs))]
     for j, i in enumerate(usable):
         results[i].nll_nats = float(scores.nll[j])
-    if baselines:
-        sizes = compressor_baselines(sub, vocab)
-        for (xz, bz), i in zip(sizes, usable):
-            results[i].xz_bytes, results[i].bzip2_bytes = xz, bz
+    pcm16 = unit == "sample" and vocab == PCM16_LEVELS
+    if baselines and pcm16:
+        for bits, i in zip(pcm16_baselines(sub, sample_rate or audio.SAMPLE_RATE), usable):
+            results[i].baseline_bits = bits
+    elif baselines:
+        for (xz, bz), i in zip(compressor_baselines(sub, vocab), usable):
+            results[i].baseline_bits = {"xz": 8.0 * xz, "bzip2": 8.0 * bz}
     res = EvalResult(
         mode="stream" if stream else "per-file",
         split=split,
@@ -337,7 +361,10 @@ def evaluate_tokens(
         seconds=seconds,
         device=str(device),
         dtype=dtype,
+        levels=vocab,
     )
+    if baselines and pcm16:
+        res.extra["flac_encoder"] = flac_encoder()
     if scores.position_nll is not None:
         res.position_edges = [int(e) for e in position_edges]
         res.position_nll = scores.position_nll.tolist()

@@ -34,7 +34,6 @@ C = context positions.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,77 +49,10 @@ from txl_audio.config import Lengths
 from txl_audio.decoders import make_decoder
 from txl_audio.devices import device_name, resolve_device
 from txl_audio.model import TransformerXL
+from txl_audio.model.sampling import check_sampling_args, draw, filter_logits  # noqa: F401 (public here too)
 from txl_audio.spectrogram import plot_spectrogram
 
 ProgressFn = Callable[[int], None]
-
-
-# ----------------------------------------------------------------------------------------------------
-# token choice: pure functions
-
-
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Logits with the tokens that top-k / top-p sampling may not emit set to -inf (a new tensor).
-
-    ``top_k``: keep the k highest logits (tokens tied with the k-th are kept too). ``top_p`` (nucleus,
-    Holtzman et al. 2020): keep the smallest set of most probable tokens whose probability sums to at
-    least p (always at least the most probable one). With both, top-k is applied first and top-p
-    works on the renormalized survivors. ``None`` (or k >= V, p >= 1) leaves the logits unchanged.
-    Works on any leading shape; the last dimension is the vocabulary.
-    """
-    vocab = logits.shape[-1]
-    out = logits
-    if top_k is not None and top_k < vocab:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]  # (..., 1)
-        out = out.masked_fill(out < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        if not 0.0 < top_p:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits.float(), dim=-1)
-        # drop a token when the more probable ones before it already reach p
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        drop_sorted = mass_before >= top_p
-        drop_sorted[..., 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        out = out.masked_fill(drop, float("-inf"))
-    return out
-
-
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or left unset), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or left unset), got {top_p}")
-
-
-def draw(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token per row of ``logits (B, V)`` -> ``(B,)`` int64, on the logits' device.
-
-    temperature 0 is greedy (argmax; top-k/top-p do not change it). Otherwise softmax(logits / T)
-    restricted by :func:`filter_logits`, sampled as argmax(p / E) with E ~ Exp(1) drawn from
-    ``generator``: exact, with no host synchronisation.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    x = logits.float()
-    if temperature != 1.0:
-        x = x / temperature
-    x = filter_logits(x, top_k, top_p)
-    probs = torch.softmax(x, dim=-1)
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    # a zero draw would turn an excluded token's 0/0 into NaN; the clamp keeps excluded tokens at 0
-    return (probs / noise.clamp_min_(1e-30)).argmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,13 +148,13 @@ def sample(
     if not use_cache and kind != "reference":
         raise ValueError(f"use_cache=False is the reference path; decoder={kind!r} contradicts it")
     dec = make_decoder(model, B, kind, cuda_graph, lengths)
-    logits = dec.prefill(tokens)
+    predicted = dec.prefill(tokens)
     every = _progress_every(B)
     for i in range(n_new):
-        tok = draw(logits, temperature, top_k, top_p, generator)  # (B,)
+        tok = predicted.sample(temperature, top_k, top_p, generator)  # (B,)
         out[:, i] = tok
         if i + 1 < n_new:
-            logits = dec.step(tok)
+            predicted = dec.step(tok)
         if progress is not None and i % every == 0:
             progress(i)
     if progress is not None:

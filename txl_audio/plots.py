@@ -40,7 +40,8 @@ def _metric_of(records: list[dict[str, Any]]) -> tuple[str, str]:
     """(key, axis label): bits when the run reports bits (audio, characters), else loss in nats."""
     if any("bits" in r for r in records):
         unit = next((r["unit"] for r in records if r.get("unit")), None)
-        return "bits", metric_name(unit) if unit else "bits per token"
+        levels = next((r["levels"] for r in records if r.get("levels")), None)
+        return "bits", metric_name(unit, levels) if unit else "bits per token"
     return "loss_nats", "loss (nats per token)"
 
 

@@ -382,8 +382,9 @@ def unigram_entropy(counts: np.ndarray) -> float:
 
 
 # The names every command that takes an audio tokenizer offers (make_tokenizer also parses other bit
-# depths, e.g. mulaw12, for library callers).
-AUDIO_TOKENIZERS = ("mulaw8", "mulaw10", "mulaw16", "linear8", "linear16")
+# depths, e.g. mulaw12, for library callers). pcm16 is linear16 under the name 16-bit users look for:
+# the int16 samples exactly (token = sample + 32,768), for the 16-bit heads (model.head).
+AUDIO_TOKENIZERS = ("mulaw8", "mulaw10", "mulaw16", "linear8", "linear16", "pcm16")
 TOKENIZER_NAMES = (*AUDIO_TOKENIZERS, "bytes")
 
 # How a loss per token is reported for each tokenizer unit (bytes of text are read as characters, as
@@ -391,9 +392,12 @@ TOKENIZER_NAMES = (*AUDIO_TOKENIZERS, "bytes")
 _METRIC_NAMES = {"sample": "bits per sample", "byte": "bits per character", "word": "bits per word"}
 
 
-def metric_name(unit: str) -> str:
+def metric_name(unit: str, levels: int | None = None) -> str:
     """The label of a loss in bits per token for a tokenizer's ``unit``: "bits per sample" (audio),
+    "bits per 16-bit sample" (audio of 65,536 ``levels``: not on the scale of 8-bit results),
     "bits per character" (bytes) or "bits per word"; ValueError for any other unit."""
+    if unit == "sample" and levels == 65_536:
+        return "bits per 16-bit sample"
     try:
         return _METRIC_NAMES[unit]
     except KeyError:
@@ -406,6 +410,8 @@ def make_tokenizer(name: str) -> MuLawTokenizer | LinearTokenizer | ByteTokenize
     name = name.strip().lower()
     if name in ("bytes", "byte", "char"):
         return ByteTokenizer()
+    if name == "pcm16":
+        return LinearTokenizer(16)
     for prefix, cls in (("mulaw", MuLawTokenizer), ("linear", LinearTokenizer)):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             return cls(int(name[len(prefix):]))

@@ -111,6 +111,22 @@ def autocast_for(device: torch.device, tc: TrainConfig) -> Callable[[], Any]:
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def _check_head(config: RunConfig, corpus: Corpus) -> None:
+    """A 16-bit head needs a 16-bit corpus and a 16-bit corpus a 16-bit head (or a 65,536-way softmax
+    asked for by name): one line naming both, before anything is built."""
+    m, tok = config.model, corpus.tokenizer
+    levels = tok.vocab_size
+    name = f"{tok.to_dict().get('type')}{tok.to_dict().get('bits', '')}"
+    if m.head != "softmax" and levels != 65_536:
+        raise ValueError(f"model.head={m.head!r} models 16-bit PCM (65,536 levels), but the corpus "
+                         f"{corpus.path} holds {name} tokens ({levels} symbols): prepare it with --tokenizer "
+                         "pcm16, or train with model.head=softmax")
+    if m.head == "softmax" and levels == 65_536 and m.vocab_size != 65_536:
+        raise ValueError(f"the corpus {corpus.path} holds 16-bit PCM (65,536 levels) but the model is a "
+                         f"{m.vocab_size}-way softmax: set model.head=dual_softmax or logistic_mixture "
+                         "(or model.vocab_size=65536 for a 65,536-way softmax)")
+
+
 def _check(tc: TrainConfig, procs: Processes) -> None:
     for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "ckpt_every"):
         if getattr(tc, name) <= 0:
@@ -198,6 +214,7 @@ def set_up(config: RunConfig, out: Path, procs: Processes, device: torch.device,
     corpus = Corpus(config.data.corpus)
     tlog = TrainingLog(out, corpus.tokenizer.unit, procs.main, log)
     vocab = corpus.tokenizer.vocab_size
+    _check_head(config, corpus)
     if config.model.vocab_size != vocab:
         tlog.message(f"model.vocab_size set to {vocab} (the corpus tokenizer's), "
                      f"was {config.model.vocab_size}")
@@ -253,7 +270,11 @@ def train_step(run: Run, lr: float) -> StepResult:
                 out = run.forward(batch.tokens[rows], run.memories[i], batch.targets[rows],
                                   batch.doc_pos[rows], return_logits=False)
                 loss = out.loss.float().sum()
-            (loss * scale).backward()
+                # the linear-prediction prior's own likelihood trains its coefficients (not reported)
+                aux = 0.0
+                if out.aux_loss is not None:
+                    aux = run.config.model.lp_aux_weight * out.aux_loss.float().sum()
+            ((loss + aux) * scale).backward()
         run.memories[i] = out.mems
         loss_sum += loss.detach().to(torch.float64)
     procs.sum_(loss_sum)
@@ -296,7 +317,7 @@ def validate(run: Run) -> dict[str, Any] | None:
         return None
     loss = loss_sum.item() / count.item()
     return {"step": run.step, "split": "valid", "loss_nats": loss, **loss_report(loss, run.unit),
-            "unit": run.unit, "tokens": int(count.item()), "mem_len": c.mem_len}
+            "unit": run.unit, "levels": c.vocab_size, "tokens": int(count.item()), "mem_len": c.mem_len}
 
 
 def validate_and_record(run: Run, elapsed: float) -> dict[str, Any] | None:
@@ -469,7 +490,8 @@ def _train(config: RunConfig, out: Path, procs: Processes, device: torch.device,
             if run.step % tc.log_every == 0 or last:
                 tps = window.tokens_per_s(now)
                 run.log.write({"step": run.step, "split": "train", "loss_nats": window.mean,
-                               **loss_report(window.mean, run.unit), "unit": run.unit, "tokens": run.tokens,
+                               **loss_report(window.mean, run.unit), "unit": run.unit,
+                               "levels": run.config.model.vocab_size, "tokens": run.tokens,
                                "tokens_per_s": round(tps, 1), "lr": lr, "grad_norm": s.grad_norm,
                                "bad_steps": result.bad_steps, "time": round(elapsed, 3)})
                 left = (tc.max_steps - run.step) * (now - t0) / max(1, len(result.losses))

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         del model
-    paths = write_context(curves, args.out, unit=d.unit, sample_rate=d.sample_rate)
-    print(summary_text(curves, d.unit, d.sample_rate))
+    levels = tokenizer.vocab_size
+    paths = write_context(curves, args.out, unit=d.unit, sample_rate=d.sample_rate, levels=levels)
+    print(summary_text(curves, d.unit, d.sample_rate, levels))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         v = result.valid
         if v:
-            shown = (f"{v['bits']:.4f} {metric_name(v['unit'])}" if "bits" in v
+            shown = (f"{v['bits']:.4f} {metric_name(v['unit'], v.get('levels'))}" if "bits" in v
                      else f"perplexity {v['ppl']:.2f}")
             print(f"step {result.step} ({result.stopped_by}): valid {shown} ({v['tokens']:,} tokens, "
                   f"mem_len {v['mem_len']}); best loss {result.best_valid_loss:.4f} nats")

@@ -22,6 +22,7 @@ Nothing here holds weights; the model owns the arithmetic (``TransformerXL.forwa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,9 +66,12 @@ def update_memory(
 
 @dataclass(frozen=True)
 class Memory:
-    """Per-layer memories of the same M positions of each stream (oldest first)."""
+    """Per-layer memories of the same M positions of each stream (oldest first), and ``history``: the
+    last tokens read (B, <= P - 1), which the linear-prediction prior of a 16-bit head looks back at
+    (None without a prior)."""
 
     layers: tuple[LayerMemory, ...]
+    history: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -82,32 +86,37 @@ class Memory:
         return Memory(tuple(LayerMemory(m.hidden[:, lo:],
                                         None if m.keys is None else m.keys[:, :, lo:],
                                         None if m.values is None else m.values[:, :, lo:])
-                            for m in self.layers))
+                            for m in self.layers), self.history)
 
     def hidden_only(self) -> Memory:
         """The same positions without keys and values: the next forward re-projects them."""
-        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers))
+        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers), self.history)
 
     def append(self, other: Memory) -> Memory:
-        """This memory followed by ``other``'s positions (hidden states only)."""
+        """This memory followed by ``other``'s positions (hidden states only; ``other``'s history, the
+        newer one)."""
         return Memory(tuple(LayerMemory(torch.cat([a.hidden, b.hidden], dim=1))
-                            for a, b in zip(self.layers, other.layers)))
+                            for a, b in zip(self.layers, other.layers)), other.history)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Memory:
         """Hidden states moved / cast (keys and values dropped: they belong to the weights' dtype)."""
-        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers))
+        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers),
+                      None if self.history is None else self.history.to(device=device))
 
-    def state(self) -> list[Tensor]:
-        """Plain data for a checkpoint: the per-layer hidden states on the CPU."""
-        return [m.hidden.detach().cpu() for m in self.layers]
+    def state(self) -> dict[str, Any]:
+        """Plain data for a checkpoint: the per-layer hidden states (and the history) on the CPU."""
+        return {"hidden": [m.hidden.detach().cpu() for m in self.layers],
+                "history": None if self.history is None else self.history.cpu()}
 
     @classmethod
-    def from_state(cls, hidden: list[Tensor], n_layer: int) -> Memory:
-        """Rebuild from :meth:`state`. A list of n_layer + 1 tensors (checkpoints written before the
-        last layer's output was dropped from the memory: nothing attends to it) loads too."""
+    def from_state(cls, state: dict[str, Any] | list[Tensor], n_layer: int) -> Memory:
+        """Rebuild from :meth:`state`. A plain list of hidden states (checkpoints written before the
+        history was kept) and a list of n_layer + 1 tensors (written before the last layer's output
+        was dropped from the memory: nothing attends to it) load too."""
+        hidden, history = (state["hidden"], state["history"]) if isinstance(state, dict) else (state, None)
         if len(hidden) not in (n_layer, n_layer + 1):
             raise ValueError(f"a memory of {len(hidden)} layers does not fit a model of {n_layer} layers")
-        return cls(tuple(LayerMemory(h) for h in hidden[:n_layer]))
+        return cls(tuple(LayerMemory(h) for h in hidden[:n_layer]), history)
 
 
 @dataclass
@@ -119,7 +128,8 @@ class DecodingCache:
     device (so a step needs no host value: it can be captured in a CUDA graph) and ``position`` the
     same on the host (for cutting a chunk at segment boundaries); ``rel_keys`` per layer (H, W, Dh)
     the relative keys of distances 0 .. W-1, made once from the weights (relative attention only);
-    ``abs_pos`` (tgt_len, D) absolute positions within a segment (absolute attention only)."""
+    ``abs_pos`` (tgt_len, D) absolute positions within a segment (absolute attention only);
+    ``history`` (B, P - 1) the last tokens fed, for the linear-prediction prior of a 16-bit head."""
 
     lengths: Lengths
     layers: tuple[LayerMemory, ...]
@@ -127,6 +137,7 @@ class DecodingCache:
     t: Tensor
     rel_keys: tuple[Tensor, ...] | None
     abs_pos: Tensor | None
+    history: Tensor | None = None
     position: int = 0
 
     @property

@@ -48,16 +48,28 @@ from txl_audio.model.attention import (
     sdpa_backends,
     sinusoid,
 )
+from txl_audio.model.heads import (
+    HALF,
+    ByteEmbedding,
+    DualSoftmaxHead,
+    LinearPredictor,
+    LogisticMixtureHead,
+    history_windows,
+)
 from txl_audio.model.memory import DecodingCache, LayerMemory, Memory, update_memory
+from txl_audio.model.sampling import Predicted
 from txl_audio.model.softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 
 
 @dataclass
 class ModelOutput:
     # (B, T, V); None when forward(return_logits=False); log-probabilities with an adaptive softmax
+    # or a 16-bit head
     logits: Tensor | None
     loss: Tensor | None  # (B, T) negative log-likelihood in nats; 0 where targets == IGNORE_INDEX
     mems: Memory  # the memory for the next segment: the last min(M + T, mem_len) positions
+    predicted: Predicted | None = None  # the head's parameters per position (with the logits)
+    aux_loss: Tensor | None = None  # (B, T) the linear-prediction prior's own loss (training adds it)
 
 
 class FeedForward(nn.Module):
@@ -144,6 +156,19 @@ class TransformerXL(nn.Module):
     def _build_io(self) -> None:
         c = self.config
         self.adaptive = bool(c.cutoffs)
+        # the linear-prediction prior of the 16-bit heads (model/heads.py)
+        self.lp = LinearPredictor(c.d_model, c.lp_order) if c.lp_order else None
+        if c.head != "softmax":
+            # 16-bit audio: both bytes of a sample embedded, a factored output distribution
+            self.word_emb = ByteEmbedding(c.d_model)
+            self.emb_scale = math.sqrt(c.d_model)
+            if c.head == "dual_softmax":
+                self.out = DualSoftmaxHead(c.d_model)
+            else:
+                self.out = LogisticMixtureHead(c.d_model, c.mixture_components)
+            self.head = self.out
+            return
+        self.head = None  # a softmax: the model computes its logits itself
         if self.adaptive:
             # word vocabularies: adaptive input (Baevski & Auli 2019) and adaptive softmax (Grave et al.
             # 2017) over frequency-sorted clusters, word vectors and projections tied as in the paper
@@ -171,11 +196,51 @@ class TransformerXL(nn.Module):
         return self.word_emb(tokens) * self.emb_scale
 
     def _output(
+        self, hidden: Tensor, targets: Tensor | None, return_logits: bool = True,
+        history: Tensor | None = None, build_logits: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None, Predicted | None, Tensor | None]:
+        """hidden (B, T, D) -> logits (B, T, V) (or None), per-token NLL (B, T) (or None), the
+        prediction (the head's parameters; None when return_logits is False) and the prior's auxiliary
+        loss (B, T) (or None). ``history`` (B, T, P): the prior's inputs. With adaptive softmax the
+        logits are the full log-probabilities, and the loss is computed without them (tail clusters
+        only for the tokens whose target lies there); with a 16-bit head they are the log-probabilities
+        of the 65,536 levels, built only when asked for (``build_logits=False``: the prediction alone,
+        as decoding wants it)."""
+        if self.head is not None:
+            return self._head_output(hidden, targets, return_logits, history, build_logits)
+        logits, loss = self._softmax_output(hidden, targets, return_logits)
+        return logits, loss, (Predicted(None, (logits,)) if logits is not None else None), None
+
+    def _head_output(
+        self, hidden: Tensor, targets: Tensor | None, return_logits: bool, history: Tensor | None,
+        build_logits: bool,
+    ) -> tuple[Tensor | None, Tensor | None, Predicted | None, Tensor | None]:
+        B, T = hidden.shape[:2]
+        flat = hidden.flatten(0, 1)  # (N, D)
+        pred = log_b = None
+        prior = None
+        if self.lp is not None:
+            pred, log_b = self.lp(flat, history.flatten(0, 1))
+            # the dual softmax models the residual against the rounded prediction; the mixture is
+            # centred on the prediction itself
+            prior = torch.round(pred * HALF).long() if self.config.head == "dual_softmax" else pred
+        params = self.out.params(flat, prior)
+        loss = aux = None
+        if targets is not None:
+            t = targets.flatten()
+            valid = t != IGNORE_INDEX
+            tc = t.clamp(min=0)
+            loss = torch.where(valid, -self.out.log_prob(params, tc), 0.0).view(B, T)
+            if pred is not None:
+                aux = torch.where(valid, LinearPredictor.laplace_nll(pred, log_b, tc), 0.0).view(B, T)
+        if not return_logits:
+            return None, loss, None, aux
+        predicted = Predicted(self.head, tuple(p.view(B, T, *p.shape[1:]) for p in params))
+        return (predicted.logits if build_logits else None), loss, predicted, aux
+
+    def _softmax_output(
         self, hidden: Tensor, targets: Tensor | None, return_logits: bool = True
     ) -> tuple[Tensor | None, Tensor | None]:
-        """hidden (B, T, D) -> logits (B, T, V) (or None), per-token NLL (B, T) (or None).
-        With adaptive softmax the logits are the full log-probabilities, and the loss is computed
-        without them (tail clusters only for the tokens whose target lies there)."""
         if self.adaptive:
             flat = hidden.flatten(0, 1)  # (B*T, D)
             loss = None if targets is None else self.out.nll(flat, targets.flatten()).view(targets.shape)
@@ -192,7 +257,8 @@ class TransformerXL(nn.Module):
     # ---- initialisation ---------------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """Weights N(0, init_std) (as the authors' code), biases 0, LayerNorm 1/0."""
+        """Weights N(0, init_std) (as the authors' code), biases 0, LayerNorm 1/0; the linear-prediction
+        prior then starts as "the next sample equals this one"."""
         std = self.config.init_std
         for name, p in self.named_parameters():
             if "norm" in name:
@@ -201,6 +267,8 @@ class TransformerXL(nn.Module):
                 nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, 0.0, std)
+        if self.lp is not None:
+            self.lp.reset_parameters()
 
     # ---- masks and positions ------------------------------------------------------------------------
 
@@ -283,8 +351,25 @@ class TransformerXL(nn.Module):
                 out, k, v = layer(h, past, rel_k, mask)
                 new.append(update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len))
                 h = out
-        logits, loss = self._output(self.drop(self.final_norm(h)), targets, return_logits)
-        return ModelOutput(logits, loss, Memory(tuple(new)))
+        windows, history = self._prior_inputs(tokens, None if mems is None else mems.history, doc_pos)
+        logits, loss, predicted, aux = self._output(self.drop(self.final_norm(h)), targets, return_logits,
+                                                    windows)
+        return ModelOutput(logits, loss, Memory(tuple(new), history), predicted, aux)
+
+    def _prior_inputs(
+        self, tokens: Tensor, past: Tensor | None, doc_pos: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The linear-prediction prior's inputs (B, T, P) and the tokens to keep for the next segment
+        (the last P - 1), or (None, None) without a prior. A position looks back no further than its
+        file (doc_pos) or the tokens held."""
+        if self.lp is None:
+            return None, None
+        P = self.lp.order
+        H = 0 if past is None else past.shape[1]
+        limit = doc_pos if doc_pos is not None else H + torch.arange(tokens.shape[1], device=tokens.device)
+        windows = history_windows(tokens, past, P, limit)
+        ctx = tokens if past is None else torch.cat([past, tokens], dim=1)
+        return windows, ctx[:, ctx.shape[1] - min(P - 1, ctx.shape[1]) :]
 
     # ---- cached decoding -------------------------------------------------------------------------------
 
@@ -311,6 +396,9 @@ class TransformerXL(nn.Module):
                 rel = tuple(layer.attn.rel_keys(pos).to(dtype).contiguous() for layer in self.layers)
             else:
                 abs_pos = self._abs_pos(L.tgt_len, p.device, dtype)  # (tgt_len, D)
+        history = None
+        if self.lp is not None:  # the prior's last P - 1 tokens (masked until they exist)
+            history = torch.zeros(batch_size, self.lp.order - 1, dtype=torch.long, device=p.device)
         return DecodingCache(
             lengths=L,
             layers=layers,
@@ -318,27 +406,32 @@ class TransformerXL(nn.Module):
             t=torch.zeros((), dtype=torch.long, device=p.device),
             rel_keys=rel,
             abs_pos=abs_pos,
+            history=history,
         )
 
     @torch.no_grad()
-    def step(self, tokens: Tensor, cache: DecodingCache) -> Tensor:
-        """Feed ``tokens (B, n)`` (any n) after everything the cache has seen; returns their logits
-        (B, n, V) (log-probabilities with an adaptive softmax) and updates the cache in place. Call in
-        eval mode. A chunk is cut at segment boundaries; one token (n = 1) runs with no host
-        synchronisation and the same shapes every time, so it can be captured in a CUDA graph."""
+    def step(self, tokens: Tensor, cache: DecodingCache) -> Predicted:
+        """Feed ``tokens (B, n)`` (any n, n >= 1) after everything the cache has seen; returns the
+        prediction for each (``.logits`` (B, n, V): logits, or log-probabilities with an adaptive
+        softmax or a 16-bit head; ``.sample()``) and updates the cache in place. Call in eval mode. A
+        chunk is cut at segment boundaries; one token (n = 1) runs with no host synchronisation and the
+        same shapes every time, so it can be captured in a CUDA graph."""
         n = tokens.shape[1]
+        if n == 0:
+            raise ValueError("model.step needs at least one token")
         T = cache.lengths.tgt_len
         pieces, s = [], 0
         while s < n:
             e = min(n, s + T - (cache.position % T))  # never cross a segment boundary within a piece
             pieces.append(self._step_piece(tokens[:, s:e], cache))
             s = e
-        if not pieces:
-            return next(self.parameters()).new_zeros(tokens.shape[0], 0, self.config.vocab_size)
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        if len(pieces) == 1:
+            return pieces[0]
+        params = tuple(torch.cat(ps, dim=1) for ps in zip(*(p.params for p in pieces)))
+        return Predicted(pieces[0].head, params)
 
-    def _step_piece(self, tokens: Tensor, cache: DecodingCache) -> Tensor:
-        """tokens (B, n) that all lie in one segment -> logits (B, n, V).
+    def _step_piece(self, tokens: Tensor, cache: DecodingCache) -> Predicted:
+        """tokens (B, n) that all lie in one segment -> their prediction (B, n).
 
         A slot is visible to the query at position p iff it holds a position q with
         0 <= p - q <= limit(p), limit(p) = mem_len + (p mod tgt_len): the segment's earlier tokens and
@@ -366,10 +459,16 @@ class TransformerXL(nn.Module):
             for i, (layer, ring) in enumerate(zip(self.layers, cache.layers)):
                 rel_k = cache.rel_keys[i] if cache.rel_keys is not None else None
                 h = layer.step(h, ring, slots, rel_k, dist, mask)
+        windows = None
+        if cache.history is not None:  # the prior looks back as far as the stream goes
+            P = self.lp.order
+            windows = history_windows(tokens, cache.history, P, pos[None, :])
+            cache.history.copy_(torch.cat([cache.history, tokens], dim=1)[:, n:])
         cache.t.add_(n)
         cache.position += n
-        logits, _ = self._output(self.drop(self.final_norm(h)), None)
-        return logits
+        _, _, predicted, _ = self._output(self.drop(self.final_norm(h)), None, True, windows,
+                                          build_logits=False)
+        return predicted
 
 
 @contextmanager
