@@ -110,47 +110,56 @@ def flac_bytes(samples: np.ndarray, sample_rate: int = 16_000) -> int:
     return len(data) - _flac_metadata_bytes(data)
 
 
-def lpc_laplace_bits(samples: np.ndarray, order: int = 32, block: int = 64, window: int = 512,
-                     alpha: float = 1 / 16) -> float:
-    """Code length in bits of int16 ``samples`` under a backward-adaptive linear predictor and a
-    discretized Laplace distribution of its residual: the coefficients of each block of ``block``
-    samples are fitted (autocorrelation method, Levinson-Durbin) on the ``window`` samples before it,
-    the Laplace scale of each sample is an exponential average of the past residuals' magnitudes. Both
-    use past samples only, so a decoder can follow: no side information. A classical lossless coder's
-    structure (FLAC, Shorten, MPEG-4 ALS predict and code a residual) without the side information."""
+LPC_ORDER, LPC_BLOCK, LPC_WINDOW = 32, 64, 512
+
+
+def lpc_predictions(samples: np.ndarray, order: int = LPC_ORDER, block: int = LPC_BLOCK,
+                    window: int = LPC_WINDOW) -> np.ndarray:
+    """The backward-adaptive linear prediction of every sample (float, before rounding): the
+    coefficients for samples s .. s + block - 1 (s a multiple of ``block``) are fitted by the
+    autocorrelation method (Hann-windowed, Levinson-Durbin) on the ``window`` samples before s, of
+    order min(order, available / 4); order 1 with coefficient 1 when that is 0 or the past is silent;
+    no prediction (0) in the first block."""
     x = np.asarray(samples, dtype=np.float64)
     n = len(x)
-    if n == 0:
-        return 0.0
     pred = np.zeros(n)
-    for s in range(0, n, block):
+    for s in range(block, n, block):  # the first block has no past: 0
         e = min(n, s + block)
         past = x[max(0, s - window) : s]
         p = min(order, len(past) // 4)
         if p >= 1 and np.abs(past).max() > 0:
             w = past * np.hanning(len(past) + 2)[1:-1]
             r = np.correlate(w, w, mode="full")[len(w) - 1 : len(w) + p]  # lags 0 .. p
-            r[0] *= 1.0 + 1e-9
-            r[0] += 1e-9
+            r[0] = r[0] * (1.0 + 1e-9) + 1e-9
             a = solve_toeplitz(r[:p], r[1 : p + 1])  # x[t] ~ sum a_i x[t-i]
         else:
-            a, p = np.array([1.0]), 1 if s > 0 else 0
-        if p == 0:
-            continue
+            a, p = np.array([1.0]), 1
         lo = max(0, s - p)
         seg = x[lo:e]
         y = lfilter(np.concatenate([[0.0], a]), [1.0], seg)  # y[t] = sum_i a_i seg[t-i]
         pred[s:e] = y[s - lo :]
-    resid = x - np.clip(np.round(pred), -32768, 32767)
+    return pred
+
+
+def lpc_laplace_bits(samples: np.ndarray, order: int = LPC_ORDER, block: int = LPC_BLOCK,
+                     window: int = LPC_WINDOW, alpha: float = 1 / 16) -> float:
+    """Code length in bits of int16 ``samples`` under the backward-adaptive linear prediction of
+    :func:`lpc_predictions` and a discretized Laplace distribution of its residual, whose scale for
+    each sample is an exponential average of the past residuals' magnitudes. Both use past samples
+    only, so a decoder can follow: no side information. A classical lossless coder's structure (FLAC,
+    Shorten, MPEG-4 ALS predict and code a residual) without the side information."""
+    x = np.asarray(samples, dtype=np.float64)
+    if len(x) == 0:
+        return 0.0
+    resid = x - np.clip(np.round(lpc_predictions(x, order, block, window)), -32768, 32767)
     mag = np.abs(resid)
     # scale for sample t: the average magnitude of the residuals before it (a start of 16)
     avg = lfilter([alpha], [1.0, -(1.0 - alpha)], mag, zi=[(1.0 - alpha) * 16.0])[0]
     b = np.maximum(np.concatenate([[16.0], avg[:-1]]), 0.3)  # Laplace scale, in sample units
     # P(e) = F(e + 1/2) - F(e - 1/2) for the zero-mean Laplace CDF F with scale b
-    m = mag
     p0 = -np.expm1(-0.5 / b)
-    log_pm = np.log(0.5) - (m - 0.5) / b + np.log(-np.expm1(-1.0 / b))
-    log_p = np.where(m == 0, np.log(p0), log_pm)
+    log_pm = np.log(0.5) - (mag - 0.5) / b + np.log(-np.expm1(-1.0 / b))
+    log_p = np.where(mag == 0, np.log(p0), log_pm)
     return float(-log_p.sum() / math.log(2))
 
 

@@ -135,6 +135,9 @@ class ModelConfig(_Typed):
     head: str = "softmax"
     mixture_components: int = 10  # logistic_mixture: K
     lp_order: int = 0  # 16-bit heads: order of the linear-prediction prior the head is centred on; 0 = none
+    # the prior's coefficients: "network" (predicted from the hidden state) or "fitted" (fitted causally
+    # on the past samples, the backward-adaptive LPC of the baselines, plus the network's correction)
+    lp_coefficients: str = "network"
     lp_aux_weight: float = 1.0  # weight of the prior's Laplace likelihood in the training loss
 
     def __post_init__(self) -> None:
@@ -161,6 +164,8 @@ class ModelConfig(_Typed):
         if self.lp_order < 0 or (self.lp_order and self.head == "softmax"):
             raise ConfigError(f"model.lp_order={self.lp_order}: the linear-prediction prior is for the "
                               "16-bit heads (dual_softmax, logistic_mixture) and must be >= 0")
+        if self.lp_coefficients not in ("network", "fitted"):
+            raise ConfigError(f"model.lp_coefficients must be 'network' or 'fitted', got {self.lp_coefficients!r}")
         if self.mixture_components < 1:
             raise ConfigError(f"model.mixture_components must be positive, got {self.mixture_components}")
 

@@ -30,6 +30,7 @@ Shape letters: N positions, D d_model, K mixture components, V = 65,536 levels, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -78,10 +79,15 @@ class DualSoftmaxHead(nn.Module):
         self.fine_in = nn.Linear(d_model, d_fine)
         self.coarse_emb = nn.Embedding(256, d_fine)
         self.fine = nn.Linear(d_fine, 256)
+        self.level = nn.Parameter(torch.zeros(d_model))  # how the prior's residual level enters h
 
-    def params(self, h: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
+    def params(self, h: Tensor, shift: Tensor | None, level: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``shift``: the rounded prediction (int64) the residual is taken against; ``level`` (N,): the
+        log of the prior's recent residual magnitude, added to h along a learned direction."""
         if shift is None:
             shift = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+        if level is not None:
+            h = h + level[:, None].to(h.dtype) * self.level
         return h, shift
 
     def _fine_logits(self, h: Tensor, coarse: Tensor) -> Tensor:
@@ -133,9 +139,32 @@ class LogisticMixtureHead(nn.Module):
         self.K = components
         self.proj = nn.Linear(d_model, 3 * components)
 
-    def params(self, h: Tensor, prior: Tensor | None) -> tuple[Tensor]:
+    def reset_parameters(self) -> None:
+        """Called after the model's generic initialisation: every component starts at the prediction
+        (or at 0) with scales spread from e^-8 (11 levels) to e^-2 (a seventh of full scale), so the
+        mixture covers silence and loud speech from the first step."""
+        with torch.no_grad():
+            # every position starts with the same mixture: a mean offset of 0.02 (what a 0.02-std
+            # projection of a unit-norm state gives) would already be hundreds of levels
+            self.proj.weight.zero_()
+            self.proj.bias.zero_()
+            self.proj.bias[2 * self.K :] = torch.linspace(-8.0, -2.0, self.K)
+
+    def centre_scales(self) -> None:
+        """With a residual level (the fitted prior), scales are relative to it: spread around it."""
+        with torch.no_grad():
+            self.proj.bias[2 * self.K :] = torch.linspace(-3.0, 2.0, self.K)
+
+    def params(self, h: Tensor, prior: Tensor | None, level: Tensor | None = None) -> tuple[Tensor]:
+        """``prior`` (N,): the prediction the means are offsets from; ``level`` (N,): the log of the
+        prior's recent residual magnitude, which the offsets and scales are measured in (an offset of
+        1 is one typical residual: a step of the optimizer moves a mean by a fraction of that, not by a
+        fraction of full scale)."""
         mix = self.proj(h).float()  # (N, 3K)
         logit_pi, mu, log_s = mix.split(self.K, dim=-1)
+        if level is not None:
+            mu = mu * torch.exp(level.float())[:, None]
+            log_s = log_s + level.float()[:, None]
         if prior is not None:
             mu = mu + prior.float()[:, None]
         return (torch.cat([logit_pi, mu, log_s.clamp(min=LOG_SCALE_MIN)], dim=-1),)
@@ -182,30 +211,91 @@ class LogisticMixtureHead(nn.Module):
         return (torch.round(x[:, 0].double() * HALF).clamp(-HALF, HALF - 1) + HALF).long()
 
 
-class LinearPredictor(nn.Module):
-    """The linear-prediction prior: pred_t = sum_i a_i(h_t) x_{t-i}, i = 0 .. P-1 (x_t is the input
-    sample, the one before the target), coefficients a(h) = a0 + W h (a0 learned, starting at "the
-    next sample equals this one"), and a Laplace scale b(h) for the auxiliary likelihood."""
+# The causally fitted prior's schedule: the baselines' backward-adaptive LPC (baselines.lpc_predictions)
+LPC_BLOCK, LPC_WINDOW = 64, 512
 
-    def __init__(self, d_model: int, order: int) -> None:
+
+@dataclass(frozen=True)
+class PriorState:
+    """What the linear-prediction prior carries from one call to the next, per stream: the last tokens
+    read (B, <= keep), the fitted coefficients of the block in progress (B, P) float64 (fitted prior
+    only), and how many tokens the stream has read (B,) (positions when no doc_pos is given)."""
+
+    history: Tensor
+    coef: Tensor | None
+    seen: Tensor
+    resid: Tensor | None = None  # (B, <= 16) the last known residual magnitudes of the fitted prediction
+    pending: Tensor | None = None  # (B,) the fitted prediction of the next call's first token
+
+
+class LinearPredictor(nn.Module):
+    """The linear-prediction prior: pred_t = sum_i a_i x_{t-i}, i = 0 .. P-1 (x_t is the input sample,
+    the one before the target), with coefficients a = base + W h:
+
+    - ``fitted=False``: base a learned constant, starting at "the next sample equals this one";
+    - ``fitted=True``: base fitted causally, exactly as the baselines' backward-adaptive LPC: for each
+      block of 64 targets, order-P autocorrelation LPC on the 512 samples before it (Hann window,
+      Levinson-Durbin in float64), so the network starts from a classical predictor and learns a
+      correction W h (starting near 0).
+
+    A Laplace scale b(h) gives the auxiliary likelihood that trains the coefficients."""
+
+    def __init__(self, d_model: int, order: int, fitted: bool = False) -> None:
         super().__init__()
-        self.order = order
+        self.order, self.fitted = order, fitted
+        self.keep = max(LPC_WINDOW, order - 1) if fitted else order - 1  # tokens carried
         self.coef = nn.Linear(d_model, order)
         self.scale = nn.Linear(d_model, 1)
 
     def reset_parameters(self) -> None:
-        """Called after the model's generic initialisation: start as the order-1 predictor."""
+        """Called after the model's generic initialisation: the coefficients start as the base alone."""
         with torch.no_grad():
-            self.coef.weight.mul_(0.01)
+            # no correction at first: a coefficient off by 0.002 already moves a prediction by hundreds
+            # of levels, far more than a predictable sample's residual
+            self.coef.weight.zero_()
             self.coef.bias.zero_()
-            self.coef.bias[0] = 1.0
-            self.scale.bias.fill_(math.log(math.expm1(0.01)))  # softplus^-1(0.01): 1% of full scale
+            if not self.fitted:
+                self.coef.bias[0] = 1.0
+            # the Laplace scale: 1% of full scale, or (fitted) the recent residual level itself
+            self.scale.bias.fill_(math.log(math.expm1(1.0 if self.fitted else 0.01)))
 
-    def forward(self, h: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
-        """h (N, D), history (N, P) values of x_t, x_{t-1}, ... (0 where there is no sample) ->
-        prediction (N,) clamped to [-1, 1], and the Laplace log scale (N,)."""
-        pred = (self.coef(h).float() * history.float()).sum(-1).clamp(-1.0, 1.0 - 1.0 / HALF)
+    def context(self, tokens: Tensor, state: PriorState | None, doc_pos: Tensor | None,
+                dense: bool = False) -> tuple[PriorInputs, PriorState]:
+        """tokens (B, T); ``state`` from the previous call (None at a stream's start); ``doc_pos``
+        (B, T) the tokens' positions in their files (None: positions in the stream). Returns the
+        prior's inputs for every position (windows, and with a fitted prior its base coefficients and
+        residual level) and the next state. ``dense``: fit at every position, then keep the block
+        starts' (no data-dependent shapes: a CUDA graph can capture it)."""
+        B, T = tokens.shape
+        dev = tokens.device
+        if state is None:
+            state = PriorState(torch.zeros(B, 0, dtype=torch.long, device=dev), None,
+                               torch.zeros(B, dtype=torch.long, device=dev))
+        pos = doc_pos if doc_pos is not None else state.seen[:, None] + torch.arange(T, device=dev)
+        H = state.history.shape[1]
+        ctx = torch.cat([state.history, tokens], dim=1)  # (B, H+T)
+        vals = (ctx.double() - HALF) / HALF
+        windows = _windows(vals, H, self.order, pos)
+        keep = ctx[:, ctx.shape[1] - min(self.keep, ctx.shape[1]) :]
+        if not self.fitted:
+            return PriorInputs(windows), PriorState(keep, None, state.seen + T)
+        base = _fitted_coefficients(vals, H, pos, state.coef, self.order, dense)
+        level, resid, pending = _residual_level(vals[:, H:], windows, base, pos, state)
+        return (PriorInputs(windows, base, level),
+                PriorState(keep, base[:, -1], state.seen + T, resid, pending))
+
+    def forward(self, h: Tensor, windows: Tensor, base: Tensor | None = None,
+                level: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """h (N, D), windows (N, P) float64, base (N, P) float64 or None, level (N,) or None ->
+        prediction (N,) float32 clamped to the 16-bit range, and the Laplace log scale (N,) (relative
+        to the residual level when there is one)."""
+        a = self.coef(h).double()
+        if base is not None:
+            a = a + base
+        pred = (a * windows).sum(-1).clamp(-1.0, 1.0 - 1.0 / HALF).float()
         log_b = torch.log(F.softplus(self.scale(h).float()[:, 0]) + 1e-6)
+        if level is not None:
+            log_b = log_b + level.float()
         return pred, log_b
 
     @staticmethod
@@ -216,22 +306,113 @@ class LinearPredictor(nn.Module):
         return err * torch.exp(-log_b) + log_b + math.log(2.0) + math.log(HALF)
 
 
-def history_windows(tokens: Tensor, past: Tensor | None, order: int, limit: Tensor | int) -> Tensor:
-    """The prior's inputs for every position: tokens (B, T); past (B, H) the tokens before them (H <=
-    order - 1, None = none); limit (B, T) how many samples back each position may look (its position
-    in its file), or an int for all. Returns (B, T, order): values of x_t, x_{t-1}, ..., 0 where
-    i > limit or before the first token held."""
-    B, T = tokens.shape
-    ctx = tokens if past is None else torch.cat([past, tokens], dim=1)  # (B, H+T)
-    H = ctx.shape[1] - T
-    pad = order - 1 - H
-    vals = level_values(ctx)
-    if pad > 0:
-        vals = F.pad(vals, (pad, 0))
-    win = vals.unfold(1, order, 1).flip(-1)  # (B, T, order): x_t, x_{t-1}, ...
-    i = torch.arange(order, device=tokens.device)
-    lim = limit[..., None] if isinstance(limit, Tensor) else limit
-    return torch.where(i <= lim, win, 0.0)
+@dataclass(frozen=True)
+class PriorInputs:
+    """The prior's inputs for a call's positions (B, T, ...): windows of past values, and with a fitted
+    prior its base coefficients and the log of its recent residual magnitude (``level``, (B, T))."""
+
+    windows: Tensor
+    base: Tensor | None = None
+    level: Tensor | None = None
+
+
+LEVEL_SPAN = 16  # residuals averaged for the level (the baselines' adaptive Laplace averages ~16)
+
+
+def _residual_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor,
+                    state: PriorState) -> tuple[Tensor, Tensor, Tensor]:
+    """The fitted prediction's recent residual magnitude at every position: the mean |x_{j+1} - pred_j|
+    (integer units) over the last 16 targets j+1 <= t of the same file, log of (mean + 1) relative to
+    full scale, so a head's scale can follow it as the baselines' adaptive Laplace scale does (16 before
+    any residual exists). x (B, T) the call's input values; returns level (B, T) float32, the last 16
+    known residuals and the prediction of the next call's first token."""
+    B, T = x.shape
+    dev = x.device
+    pred = torch.round((base * windows).sum(-1) * HALF).clamp(-HALF, HALF - 1)  # (B, T) the baselines' rounding
+    xi = torch.round(x * HALF)  # integer values of the inputs
+    prev_pred = state.pending if state.pending is not None else torch.zeros(B, dtype=x.dtype, device=dev)
+    preds = torch.cat([prev_pred[:, None], pred[:, :-1]], dim=1)  # the prediction of each input, (B, T)
+    m = (xi - preds).abs()  # residual of target index pos_t (the input at t): known at t
+    old = state.resid if state.resid is not None else torch.zeros(B, 0, dtype=x.dtype, device=dev)
+    R = torch.cat([old, m], dim=1)  # (B, O+T): residual of the input at call position r - O
+    O = old.shape[1]
+    Rp = F.pad(R, (LEVEL_SPAN - 1, 0))
+    win = Rp.unfold(1, LEVEL_SPAN, 1)[:, O:]  # (B, T, 16): residuals of inputs t-15 .. t
+    i = torch.arange(LEVEL_SPAN - 1, -1, -1, device=dev)  # how far back each entry is
+    # a residual belongs to the file (its input is x_1 or later of the file) and exists in the buffer
+    valid = (i <= pos[..., None] - 1) & (i <= O + torch.arange(T, device=dev)[None, :, None])
+    count = valid.sum(-1)
+    mean = torch.where(count > 0, (win * valid).sum(-1) / count.clamp(min=1), torch.full_like(x, 16.0))
+    level = (torch.log(mean + 1.0) - math.log(HALF)).float()
+    return level, R[:, R.shape[1] - min(LEVEL_SPAN, R.shape[1]) :], pred[:, -1]
+
+
+def _windows(vals: Tensor, H: int, order: int, pos: Tensor) -> Tensor:
+    """vals (B, H+T) -> (B, T, order): x_t, x_{t-1}, ... for each of the last T, 0 where i > pos."""
+    T = vals.shape[1] - H
+    pad = max(0, order - 1 - H)
+    v = F.pad(vals, (pad, 0)) if pad else vals
+    start = v.shape[1] - T - (order - 1)
+    win = v[:, start:].unfold(1, order, 1).flip(-1)  # (B, T, order)
+    i = torch.arange(order, device=vals.device)
+    return torch.where(i <= pos[..., None], win, 0.0)
+
+
+def _fitted_coefficients(vals: Tensor, H: int, pos: Tensor, carried: Tensor | None, order: int,
+                         dense: bool) -> Tensor:
+    """(B, T, P) float64 coefficients for every position (see LinearPredictor): the target of position
+    t is sample s = pos_t + 1 of its file; its block starts at s0 = s - s mod 64, at position
+    t0 = t - s mod 64 of this call. Block 0 (no past) has none; a block that starts here is fitted on
+    the 512 samples before s0 (ending with this position's input); one that started earlier carries on."""
+    B, HT = vals.shape
+    T = HT - H
+    dev = vals.device
+    s = pos + 1
+    into = torch.remainder(s, LPC_BLOCK)
+    t0 = torch.arange(T, device=dev) - into  # (B, T)
+    first = (into == 0) & (s > 0)  # a block starts at this position
+    out = torch.zeros(B, T, order, dtype=torch.float64, device=dev)
+    rows = torch.arange(B * T, device=dev) if dense else first.flatten().nonzero()[:, 0]
+    if rows.numel():
+        b, t = rows // T, rows % T
+        n_avail = s.flatten()[rows].clamp(max=LPC_WINDOW)
+        # the window of samples s0-512 .. s0-1 = ctx positions H+t-511 .. H+t (zero-padded in front)
+        padded = F.pad(vals, (LPC_WINDOW, 0))  # (B, W + H + T)
+        idx = (H + t + 1)[:, None] + torch.arange(LPC_WINDOW, device=dev)[None, :]
+        fitted = _levinson_fit(padded[b[:, None], idx], n_avail, order)  # (n, P)
+        fitted = torch.where(first.flatten()[rows][:, None], fitted, 0.0)  # dense: block starts only
+        out.view(B * T, order)[rows] = fitted
+    # each position takes its block's coefficients: fitted here, carried from the last call, or none
+    here = out.gather(1, t0.clamp(min=0)[..., None].expand(B, T, order))
+    before = carried[:, None, :].expand(B, T, order) if carried is not None else torch.zeros_like(out)
+    coef = torch.where((t0 >= 0)[..., None], here, before)
+    return torch.where((s - into > 0)[..., None], coef, 0.0)  # block 0: no prediction
+
+
+def _levinson_fit(past: Tensor, n_avail: Tensor, order: int) -> Tensor:
+    """past (n, W) float64, the last n_avail entries of each row valid -> (n, order) LPC coefficients
+    by the autocorrelation method, as baselines.lpc_predictions: Hann window over the valid samples,
+    order p = min(order, n_avail / 4), the Toeplitz system solved for p coefficients (order 1 with
+    coefficient 1 when p = 0 or the past is silent)."""
+    n, W = past.shape
+    j = torch.arange(W, device=past.device)
+    k = j[None, :] - (W - n_avail[:, None])  # index within the valid samples
+    hann = 0.5 - 0.5 * torch.cos(2 * math.pi * (k + 1).double() / (n_avail[:, None] + 1).double())
+    w = torch.where(k >= 0, past * hann, 0.0)
+    lags = torch.stack([(w[:, : W - q] * w[:, q:]).sum(-1) for q in range(order + 1)], dim=-1)  # (n, P+1)
+    lags[:, 0] = lags[:, 0] * (1.0 + 1e-9) + 1e-9 / HALF**2  # the baseline's 1e-9 in integer units
+    p = (n_avail // 4).clamp(max=order)  # (n,)
+    i = torch.arange(order, device=past.device)
+    R = lags[:, (i[:, None] - i[None, :]).abs()]  # (n, P, P) Toeplitz
+    inside = (i[:, None] < p[:, None, None]) & (i[None, :] < p[:, None, None])
+    eye = torch.eye(order, dtype=past.dtype, device=past.device)
+    R = torch.where(inside, R, eye)  # unknowns past p: identity rows, 0 on the right
+    rhs = torch.where(i[None, :] < p[:, None], lags[:, 1:], 0.0)
+    a, _ = torch.linalg.solve_ex(R, rhs)  # no host sync (solve would check for singularity)
+    silent = (p < 1) | (past.abs().amax(-1) == 0)
+    order1 = torch.zeros_like(a)
+    order1[:, 0] = 1.0
+    return torch.where(silent[:, None], order1, a)
 
 
 def cdf(log_probs: Tensor) -> Tensor:

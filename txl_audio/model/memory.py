@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from txl_audio.config import Lengths
+from txl_audio.model.heads import PriorState
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,12 @@ def update_memory(
 
 @dataclass(frozen=True)
 class Memory:
-    """Per-layer memories of the same M positions of each stream (oldest first), and ``history``: the
-    last tokens read (B, <= P - 1), which the linear-prediction prior of a 16-bit head looks back at
-    (None without a prior)."""
+    """Per-layer memories of the same M positions of each stream (oldest first), and ``prior``: what
+    the linear-prediction prior of a 16-bit head carries (the last tokens read, the coefficients of the
+    block in progress; None without a prior)."""
 
     layers: tuple[LayerMemory, ...]
-    history: Tensor | None = None
+    prior: PriorState | None = None
 
     @property
     def length(self) -> int:
@@ -86,37 +87,45 @@ class Memory:
         return Memory(tuple(LayerMemory(m.hidden[:, lo:],
                                         None if m.keys is None else m.keys[:, :, lo:],
                                         None if m.values is None else m.values[:, :, lo:])
-                            for m in self.layers), self.history)
+                            for m in self.layers), self.prior)
 
     def hidden_only(self) -> Memory:
         """The same positions without keys and values: the next forward re-projects them."""
-        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers), self.history)
+        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers), self.prior)
 
     def append(self, other: Memory) -> Memory:
-        """This memory followed by ``other``'s positions (hidden states only; ``other``'s history, the
-        newer one)."""
+        """This memory followed by ``other``'s positions (hidden states only; ``other``'s prior state,
+        the newer one)."""
         return Memory(tuple(LayerMemory(torch.cat([a.hidden, b.hidden], dim=1))
-                            for a, b in zip(self.layers, other.layers)), other.history)
+                            for a, b in zip(self.layers, other.layers)), other.prior)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Memory:
         """Hidden states moved / cast (keys and values dropped: they belong to the weights' dtype)."""
-        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers),
-                      None if self.history is None else self.history.to(device=device))
+        p = self.prior
+        if p is not None:
+            p = PriorState(*(None if t is None else t.to(device) for t in
+                             (p.history, p.coef, p.seen, p.resid, p.pending)))
+        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers), p)
 
     def state(self) -> dict[str, Any]:
-        """Plain data for a checkpoint: the per-layer hidden states (and the history) on the CPU."""
+        """Plain data for a checkpoint: the per-layer hidden states (and the prior's state) on the CPU."""
+        p = self.prior
         return {"hidden": [m.hidden.detach().cpu() for m in self.layers],
-                "history": None if self.history is None else self.history.cpu()}
+                "prior": None if p is None else {k: None if getattr(p, k) is None else getattr(p, k).cpu()
+                                                  for k in ("history", "coef", "seen", "resid", "pending")}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | list[Tensor], n_layer: int) -> Memory:
         """Rebuild from :meth:`state`. A plain list of hidden states (checkpoints written before the
-        history was kept) and a list of n_layer + 1 tensors (written before the last layer's output
-        was dropped from the memory: nothing attends to it) load too."""
-        hidden, history = (state["hidden"], state["history"]) if isinstance(state, dict) else (state, None)
+        prior existed) and a list of n_layer + 1 tensors (written before the last layer's output was
+        dropped from the memory: nothing attends to it) load too."""
+        hidden, prior = (state["hidden"], state.get("prior")) if isinstance(state, dict) else (state, None)
         if len(hidden) not in (n_layer, n_layer + 1):
             raise ValueError(f"a memory of {len(hidden)} layers does not fit a model of {n_layer} layers")
-        return cls(tuple(LayerMemory(h) for h in hidden[:n_layer]), history)
+        if prior is not None:
+            prior = PriorState(prior["history"], prior["coef"], prior["seen"], prior.get("resid"),
+                               prior.get("pending"))
+        return cls(tuple(LayerMemory(h) for h in hidden[:n_layer]), prior)
 
 
 @dataclass
@@ -129,7 +138,8 @@ class DecodingCache:
     same on the host (for cutting a chunk at segment boundaries); ``rel_keys`` per layer (H, W, Dh)
     the relative keys of distances 0 .. W-1, made once from the weights (relative attention only);
     ``abs_pos`` (tgt_len, D) absolute positions within a segment (absolute attention only);
-    ``history`` (B, P - 1) the last tokens fed, for the linear-prediction prior of a 16-bit head."""
+    ``prior`` the linear-prediction prior's state for a 16-bit head (fixed-size buffers, updated in
+    place)."""
 
     lengths: Lengths
     layers: tuple[LayerMemory, ...]
@@ -137,7 +147,7 @@ class DecodingCache:
     t: Tensor
     rel_keys: tuple[Tensor, ...] | None
     abs_pos: Tensor | None
-    history: Tensor | None = None
+    prior: PriorState | None = None
     position: int = 0
 
     @property

@@ -50,11 +50,13 @@ from txl_audio.model.attention import (
 )
 from txl_audio.model.heads import (
     HALF,
+    LEVEL_SPAN,
     ByteEmbedding,
     DualSoftmaxHead,
     LinearPredictor,
     LogisticMixtureHead,
-    history_windows,
+    PriorInputs,
+    PriorState,
 )
 from txl_audio.model.memory import DecodingCache, LayerMemory, Memory, update_memory
 from txl_audio.model.sampling import Predicted
@@ -157,7 +159,7 @@ class TransformerXL(nn.Module):
         c = self.config
         self.adaptive = bool(c.cutoffs)
         # the linear-prediction prior of the 16-bit heads (model/heads.py)
-        self.lp = LinearPredictor(c.d_model, c.lp_order) if c.lp_order else None
+        self.lp = LinearPredictor(c.d_model, c.lp_order, c.lp_coefficients == "fitted") if c.lp_order else None
         if c.head != "softmax":
             # 16-bit audio: both bytes of a sample embedded, a factored output distribution
             self.word_emb = ByteEmbedding(c.d_model)
@@ -197,34 +199,37 @@ class TransformerXL(nn.Module):
 
     def _output(
         self, hidden: Tensor, targets: Tensor | None, return_logits: bool = True,
-        history: Tensor | None = None, build_logits: bool = True,
+        prior_inputs: PriorInputs | None = None, build_logits: bool = True,
     ) -> tuple[Tensor | None, Tensor | None, Predicted | None, Tensor | None]:
         """hidden (B, T, D) -> logits (B, T, V) (or None), per-token NLL (B, T) (or None), the
         prediction (the head's parameters; None when return_logits is False) and the prior's auxiliary
-        loss (B, T) (or None). ``history`` (B, T, P): the prior's inputs. With adaptive softmax the
+        loss (B, T) (or None). ``prior_inputs``: LinearPredictor.context's for these positions. With
+        adaptive softmax the
         logits are the full log-probabilities, and the loss is computed without them (tail clusters
         only for the tokens whose target lies there); with a 16-bit head they are the log-probabilities
         of the 65,536 levels, built only when asked for (``build_logits=False``: the prediction alone,
         as decoding wants it)."""
         if self.head is not None:
-            return self._head_output(hidden, targets, return_logits, history, build_logits)
+            return self._head_output(hidden, targets, return_logits, prior_inputs, build_logits)
         logits, loss = self._softmax_output(hidden, targets, return_logits)
         return logits, loss, (Predicted(None, (logits,)) if logits is not None else None), None
 
     def _head_output(
-        self, hidden: Tensor, targets: Tensor | None, return_logits: bool, history: Tensor | None,
-        build_logits: bool,
+        self, hidden: Tensor, targets: Tensor | None, return_logits: bool,
+        prior_inputs: PriorInputs | None, build_logits: bool,
     ) -> tuple[Tensor | None, Tensor | None, Predicted | None, Tensor | None]:
         B, T = hidden.shape[:2]
         flat = hidden.flatten(0, 1)  # (N, D)
-        pred = log_b = None
-        prior = None
+        pred = log_b = prior = level = None
         if self.lp is not None:
-            pred, log_b = self.lp(flat, history.flatten(0, 1))
+            pi = prior_inputs
+            level = None if pi.level is None else pi.level.flatten()
+            base = None if pi.base is None else pi.base.flatten(0, 1)
+            pred, log_b = self.lp(flat, pi.windows.flatten(0, 1), base, level)
             # the dual softmax models the residual against the rounded prediction; the mixture is
             # centred on the prediction itself
             prior = torch.round(pred * HALF).long() if self.config.head == "dual_softmax" else pred
-        params = self.out.params(flat, prior)
+        params = self.out.params(flat, prior, level)
         loss = aux = None
         if targets is not None:
             t = targets.flatten()
@@ -269,6 +274,10 @@ class TransformerXL(nn.Module):
                 nn.init.normal_(p, 0.0, std)
         if self.lp is not None:
             self.lp.reset_parameters()
+        if isinstance(self.out, LogisticMixtureHead):
+            self.out.reset_parameters()
+            if self.lp is not None and self.lp.fitted:  # scales relative to the prior's residual level
+                self.out.centre_scales()
 
     # ---- masks and positions ------------------------------------------------------------------------
 
@@ -351,25 +360,12 @@ class TransformerXL(nn.Module):
                 out, k, v = layer(h, past, rel_k, mask)
                 new.append(update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len))
                 h = out
-        windows, history = self._prior_inputs(tokens, None if mems is None else mems.history, doc_pos)
+        prior_inputs, prior = None, None
+        if self.lp is not None:  # the prior looks back no further than the file, and the tokens held
+            prior_inputs, prior = self.lp.context(tokens, None if mems is None else mems.prior, doc_pos)
         logits, loss, predicted, aux = self._output(self.drop(self.final_norm(h)), targets, return_logits,
-                                                    windows)
-        return ModelOutput(logits, loss, Memory(tuple(new), history), predicted, aux)
-
-    def _prior_inputs(
-        self, tokens: Tensor, past: Tensor | None, doc_pos: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """The linear-prediction prior's inputs (B, T, P) and the tokens to keep for the next segment
-        (the last P - 1), or (None, None) without a prior. A position looks back no further than its
-        file (doc_pos) or the tokens held."""
-        if self.lp is None:
-            return None, None
-        P = self.lp.order
-        H = 0 if past is None else past.shape[1]
-        limit = doc_pos if doc_pos is not None else H + torch.arange(tokens.shape[1], device=tokens.device)
-        windows = history_windows(tokens, past, P, limit)
-        ctx = tokens if past is None else torch.cat([past, tokens], dim=1)
-        return windows, ctx[:, ctx.shape[1] - min(P - 1, ctx.shape[1]) :]
+                                                    prior_inputs)
+        return ModelOutput(logits, loss, Memory(tuple(new), prior), predicted, aux)
 
     # ---- cached decoding -------------------------------------------------------------------------------
 
@@ -396,9 +392,17 @@ class TransformerXL(nn.Module):
                 rel = tuple(layer.attn.rel_keys(pos).to(dtype).contiguous() for layer in self.layers)
             else:
                 abs_pos = self._abs_pos(L.tgt_len, p.device, dtype)  # (tgt_len, D)
-        history = None
-        if self.lp is not None:  # the prior's last P - 1 tokens (masked until they exist)
-            history = torch.zeros(batch_size, self.lp.order - 1, dtype=torch.long, device=p.device)
+        prior = None
+        if self.lp is not None:  # the prior's last tokens (masked until they exist) and coefficients
+            fitted = self.lp.fitted
+            z = lambda *shape, dt=torch.float64: torch.zeros(*shape, dtype=dt, device=p.device)  # noqa: E731
+            prior = PriorState(
+                z(batch_size, self.lp.keep, dt=torch.long),
+                z(batch_size, self.lp.order) if fitted else None,
+                z(batch_size, dt=torch.long),
+                z(batch_size, LEVEL_SPAN) if fitted else None,
+                z(batch_size) if fitted else None,
+            )
         return DecodingCache(
             lengths=L,
             layers=layers,
@@ -406,7 +410,7 @@ class TransformerXL(nn.Module):
             t=torch.zeros((), dtype=torch.long, device=p.device),
             rel_keys=rel,
             abs_pos=abs_pos,
-            history=history,
+            prior=prior,
         )
 
     @torch.no_grad()
@@ -459,14 +463,19 @@ class TransformerXL(nn.Module):
             for i, (layer, ring) in enumerate(zip(self.layers, cache.layers)):
                 rel_k = cache.rel_keys[i] if cache.rel_keys is not None else None
                 h = layer.step(h, ring, slots, rel_k, dist, mask)
-        windows = None
-        if cache.history is not None:  # the prior looks back as far as the stream goes
-            P = self.lp.order
-            windows = history_windows(tokens, cache.history, P, pos[None, :])
-            cache.history.copy_(torch.cat([cache.history, tokens], dim=1)[:, n:])
+        prior_inputs = None
+        if cache.prior is not None:  # the prior looks back as far as the stream goes
+            capturing = h.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            prior_inputs, new = self.lp.context(tokens, cache.prior, pos[None, :].expand(tokens.shape[0], n),
+                                                dense=capturing)
+            cache.prior.history.copy_(new.history)  # in place: the buffers a CUDA graph captured
+            if new.coef is not None:
+                cache.prior.coef.copy_(new.coef)
+                cache.prior.resid.copy_(new.resid)
+                cache.prior.pending.copy_(new.pending)
         cache.t.add_(n)
         cache.position += n
-        _, _, predicted, _ = self._output(self.drop(self.final_norm(h)), None, True, windows,
+        _, _, predicted, _ = self._output(self.drop(self.final_norm(h)), None, True, prior_inputs,
                                           build_logits=False)
         return predicted
 
