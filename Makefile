@@ -41,11 +41,12 @@ clean:
 # Wheels that the GPU image lacks, for benchmarks/gpu_check.sh on a machine without network (Python 3.12
 # on x86_64): carry gpu_wheels/ along with the working tree. The image has numpy, scipy, scikit-learn,
 # joblib, numba, msgpack, lazy-loader, packaging, requests and typing-extensions, but not soundfile,
-# librosa, soxr, audioread, pooch, platformdirs, decorator nor soundfile's cffi/pycparser; gpu_check.sh
+# librosa, soxr, audioread, pooch, platformdirs, decorator, soundfile's cffi/pycparser nor constriction
+# (the codec's range coder); gpu_check.sh
 # installs these with --no-index --no-deps into a folder of its own. Any python with pip will do (no
 # .venv needed); one pinned version of each, the folder made afresh so no second version lingers.
 GPU_WHEELS = soundfile==0.14.0 librosa==0.11.0 soxr==1.1.0 audioread==3.1.0 pooch==1.9.0 \
-	platformdirs==4.14.8 decorator==5.3.1 cffi==2.1.1 pycparser==3.12
+	platformdirs==4.14.8 decorator==5.3.1 cffi==2.1.1 pycparser==3.12 constriction==0.5.0
 gpu-wheels:
 	rm -rf gpu_wheels
 	$(PYTHON) -m pip download --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \

@@ -135,7 +135,8 @@ def test_prior_windows_look_back_no_further_than_the_file():
     v = lambda *xs: [x / HALF for x in xs]  # noqa: E731
     w = inputs.windows
     torch.testing.assert_close(w[0].float(), torch.tensor([v(1, 9, 0), v(2, 0, 0), v(3, 2, 0), v(4, 3, 2)]))
-    assert inputs.base is None and new.history.tolist() == [[HALF + 3, HALF + 4]] and new.seen.tolist() == [11]
+    assert inputs.base is None and new.history.tolist() == [[HALF + 3, HALF + 4]]
+    assert new.seen.tolist() == [11]
 
 
 def test_fitted_prior_is_the_baselines_backward_adaptive_lpc():

@@ -7,7 +7,17 @@ import argparse
 import sys
 
 from txl_audio import __version__
-from txl_audio.commands import context, evaluate, generate, info, prepare_audio, prepare_text, train
+from txl_audio.commands import (
+    compress,
+    context,
+    decompress,
+    evaluate,
+    generate,
+    info,
+    prepare_audio,
+    prepare_text,
+    train,
+)
 from txl_audio.config import ConfigError
 
 # subcommand -> (module in txl_audio.commands, one-line help)
@@ -19,6 +29,8 @@ COMMANDS = {
     "evaluate": (evaluate, "likelihood of held-out data under a checkpoint"),
     "context": (context, "how the likelihood improves with context length"),
     "generate": (generate, "sample audio (or text, from a text model) from a checkpoint"),
+    "compress": (compress, "lossless compression of audio with a checkpoint (.txla files)"),
+    "decompress": (decompress, ".txla files back to WAV, bit for bit"),
 }
 
 

@@ -165,7 +165,8 @@ class ModelConfig(_Typed):
             raise ConfigError(f"model.lp_order={self.lp_order}: the linear-prediction prior is for the "
                               "16-bit heads (dual_softmax, logistic_mixture) and must be >= 0")
         if self.lp_coefficients not in ("network", "fitted"):
-            raise ConfigError(f"model.lp_coefficients must be 'network' or 'fitted', got {self.lp_coefficients!r}")
+            raise ConfigError("model.lp_coefficients must be 'network' or 'fitted', got "
+                              f"{self.lp_coefficients!r}")
         if self.mixture_components < 1:
             raise ConfigError(f"model.mixture_components must be positive, got {self.mixture_components}")
 

@@ -116,6 +116,21 @@ class DualSoftmaxHead(nn.Module):
         x = torch.arange(LEVELS, device=h.device)
         return by_r.gather(1, torch.remainder(x[None, :] - shift[:, None], LEVELS))  # in order of tokens
 
+    # the lossless codec codes a sample as two symbols of 256: the coarse byte of the modelled symbol,
+    # then its fine byte given the coarse one (float64 probabilities)
+    def symbol(self, params: tuple[Tensor, Tensor], tokens: Tensor) -> Tensor:
+        """The 16-bit symbol the two bytes are taken from: the residual r against the shift."""
+        return torch.remainder(tokens - params[1], LEVELS)
+
+    def token(self, params: tuple[Tensor, Tensor], symbol: Tensor) -> Tensor:
+        return torch.remainder(symbol + params[1], LEVELS)
+
+    def coarse_probs(self, params: tuple[Tensor, Tensor]) -> Tensor:
+        return torch.softmax(self.coarse(params[0]).double(), -1)
+
+    def fine_probs(self, params: tuple[Tensor, Tensor], coarse: Tensor) -> Tensor:
+        return torch.softmax(self._fine_logits(params[0], coarse).double(), -1)
+
     def sample(self, params: tuple[Tensor, Tensor], generator: torch.Generator | None = None) -> Tensor:
         h, shift = params
         c = _exp_draw(torch.log_softmax(self.coarse(h).float(), -1), generator)
@@ -199,6 +214,29 @@ class LogisticMixtureHead(nn.Module):
         mix = params[0]
         k = torch.arange(LEVELS, device=mix.device).expand(mix.shape[0], LEVELS)
         return self._mixture_log_probs(mix, k)
+
+    # the lossless codec's two symbols of 256: the high byte of the level, then its low byte
+    def symbol(self, params: tuple[Tensor], tokens: Tensor) -> Tensor:
+        return tokens
+
+    def token(self, params: tuple[Tensor], symbol: Tensor) -> Tensor:
+        return symbol
+
+    def coarse_probs(self, params: tuple[Tensor]) -> Tensor:
+        """P(high byte = c) (N, 256) float64: the mixture's CDF at the 257 edges of the 256-level bins
+        (everything below the range in bin 0, above it in bin 255)."""
+        mix = params[0].double()
+        logit_pi, mu, log_s = mix.split(self.K, dim=-1)
+        edges = (torch.arange(1, 256, device=mix.device, dtype=torch.float64) * 256 - HALF - 0.5) / HALF
+        z = (edges[None, :, None] - mu[:, None, :]) * torch.exp(-log_s)[:, None, :]  # (N, 255, K)
+        cdf = (torch.sigmoid(z) * torch.softmax(logit_pi, -1)[:, None, :]).sum(-1)  # (N, 255)
+        zero, one = torch.zeros_like(cdf[:, :1]), torch.ones_like(cdf[:, :1])
+        return torch.diff(torch.cat([zero, cdf, one], dim=1), dim=1).clamp_min(0.0)
+
+    def fine_probs(self, params: tuple[Tensor], coarse: Tensor) -> Tensor:
+        """P(low byte = f | high byte = c) (N, 256) float64: the 256 levels of bin c, normalised."""
+        k = coarse[:, None] * 256 + torch.arange(256, device=coarse.device)[None, :]
+        return torch.softmax(self._mixture_log_probs(params[0], k).double(), -1)
 
     def sample(self, params: tuple[Tensor], generator: torch.Generator | None = None) -> Tensor:
         """A component by its weight, a logistic draw from it, rounded to the nearest level (the tails
@@ -328,7 +366,8 @@ def _residual_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor,
     known residuals and the prediction of the next call's first token."""
     B, T = x.shape
     dev = x.device
-    pred = torch.round((base * windows).sum(-1) * HALF).clamp(-HALF, HALF - 1)  # (B, T) the baselines' rounding
+    # (B, T) the fitted prediction, rounded and clipped as the baselines' LPC
+    pred = torch.round((base * windows).sum(-1) * HALF).clamp(-HALF, HALF - 1)
     xi = torch.round(x * HALF)  # integer values of the inputs
     prev_pred = state.pending if state.pending is not None else torch.zeros(B, dtype=x.dtype, device=dev)
     preds = torch.cat([prev_pred[:, None], pred[:, :-1]], dim=1)  # the prediction of each input, (B, T)

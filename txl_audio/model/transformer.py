@@ -159,7 +159,8 @@ class TransformerXL(nn.Module):
         c = self.config
         self.adaptive = bool(c.cutoffs)
         # the linear-prediction prior of the 16-bit heads (model/heads.py)
-        self.lp = LinearPredictor(c.d_model, c.lp_order, c.lp_coefficients == "fitted") if c.lp_order else None
+        fitted = c.lp_coefficients == "fitted"
+        self.lp = LinearPredictor(c.d_model, c.lp_order, fitted) if c.lp_order else None
         if c.head != "softmax":
             # 16-bit audio: both bytes of a sample embedded, a factored output distribution
             self.word_emb = ByteEmbedding(c.d_model)
