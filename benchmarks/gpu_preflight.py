@@ -45,8 +45,8 @@ from txl_audio.model import TransformerXL  # noqa: E402
 from txl_audio.tokenizers import MuLawTokenizer  # noqa: E402
 from txl_audio.train import set_up, train_step  # noqa: E402
 
-PACKAGE = ("audio", "tokenizers", "prepare", "data", "model", "train", "evaluate", "context", "generate", "codec",
-           "decoders", "checkpoint", "plots", "spectrogram", "cli")
+PACKAGE = ("audio", "tokenizers", "prepare", "data", "model", "train", "evaluate", "context", "generate",
+           "codec", "decoders", "checkpoint", "plots", "spectrogram", "cli")
 MODULES = [*(f"txl_audio.{m}" for m in PACKAGE),
            "gpu_speed", "generate_speed", "memory_scaling", "gpu_report", "einsum_reference"]
 # substrings of attention kernel names: CUDA (flash, memory-efficient/cutlass "fmha", cuDNN) and CPU
