@@ -34,11 +34,19 @@ from txl_audio.devices import device_name  # noqa: E402
 from txl_audio.generate import now  # noqa: E402
 from txl_audio.model import TransformerXL  # noqa: E402
 
+ISSUE3 = dict(n_layer=4, d_model=256, n_head=4, d_head=64, d_inner=1024, tgt_len=512, mem_len=1024)
 CONFIGS = {
     "small": dict(n_layer=2, d_model=128, n_head=2, d_head=64, d_inner=512, tgt_len=128, mem_len=256),
     # the model issue's benchmark configuration, with its generation memory length
-    "issue3": dict(n_layer=4, d_model=256, n_head=4, d_head=64, d_inner=1024, tgt_len=512, mem_len=1024),
+    "issue3": ISSUE3,
+    # the same trunk with the 16-bit heads (model/heads.py): what a head adds to a cached step
+    "issue3_dual": dict(**ISSUE3, vocab_size=65_536, head="dual_softmax"),
+    "issue3_mixture": dict(**ISSUE3, vocab_size=65_536, head="logistic_mixture", lp_order=32,
+                           lp_coefficients="fitted"),
 }
+# 16-bit heads: no reference timing (it would build 65,536 log-probabilities per token); their cost is
+# read against the issue-3 softmax row of the same run instead (head_cost = its rate / theirs)
+NO_REFERENCE = ("issue3_dual", "issue3_mixture")
 
 
 DECODERS = ("graph", "eager")  # cached decoding replayed as a CUDA graph, or run op by op
@@ -92,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     decoders = args.decoders or (list(DECODERS) if device.type == "cuda" else ["eager"])
 
-    models = [(name, ModelConfig(vocab_size=256, dropout=0.0, **CONFIGS[name])) for name in args.models]
+    models = [(name, ModelConfig(**{"vocab_size": 256, "dropout": 0.0, **CONFIGS[name]}))
+              for name in args.models]
     for path in args.config:
         models.append((Path(path).stem, load_config(path, ["model.dropout=0.0"]).model))
 
@@ -113,10 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             cached = row[f"{best}_samples_per_s"]
             row.update(cached_samples_per_s=cached, cached_decoder=best,
                        cached_realtime_factor=cached / SAMPLE_RATE)
-            if not args.no_reference:
+            if not args.no_reference and name not in NO_REFERENCE:
                 ref, n_ref = time_decoding(model, batch, "reference", args.ref_steps, args.min_seconds / 2,
                                            device)
                 row.update(reference_samples_per_s=ref, reference_steps=n_ref, speedup=cached / ref)
+            base = next((r for r in rows if r["model"] == "issue3" and r["batch"] == batch), None)
+            if name in NO_REFERENCE and base is not None:
+                row.update(head=cfg.head, head_cost=base["cached_samples_per_s"] / cached)
             rows.append(row)
             print(_row_text(row), flush=True)
 
@@ -135,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 def _row_text(r: dict) -> str:
     kinds = "  ".join(f"{k} {r[f'{k}_samples_per_s']:9.1f}/s" for k in DECODERS if f"{k}_steps" in r)
     ref = f"  reference {r['reference_samples_per_s']:9.1f}/s  x{r['speedup']:.1f}" if "speedup" in r else ""
+    if "head_cost" in r:
+        ref += f"  (the 16-bit head costs {r['head_cost']:.2f}x the 8-bit softmax's step)"
     return f"{r['model']:>12} batch {r['batch']:3d}: {kinds}{ref}"
 
 
@@ -145,6 +159,8 @@ def table(info: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in info["rows"]:
         ref = (f"{r['reference_samples_per_s']:,.0f} | {r['speedup']:.1f}x" if "speedup" in r else "- | -")
+        if "head_cost" in r:  # a 16-bit head: its step's time against the issue-3 softmax row's
+            ref = f"- | 16-bit head: {r['head_cost']:.2f}x the softmax step"
         lines.append(f"| {r['model']} | {r['n_layer']} x {r['d_model']} | {r['mem_len']} + {r['tgt_len']} "
                      f"| {r['batch']} | {_rate(r, 'graph')} | {_rate(r, 'eager')} "
                      f"| {r['cached_realtime_factor']:.3f} "

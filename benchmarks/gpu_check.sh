@@ -5,9 +5,11 @@
 # reason when anything fails; the cuda-marked tests; the quickstart with audio_small on the bundled data
 # (the end-to-end result: held-out bits per sample, 2 s generated); then the throughput steps: bf16
 # training/evaluation of audio_small and audio_base against the einsum version, generation samples/s
-# for batch 1/16/64 (CUDA graph and eager), peak memory against mem_len; the report.
+# for batch 1/16/64 (CUDA graph and eager) with the 16-bit heads' step cost against the 8-bit softmax,
+# peak memory against mem_len, the lossless codec's compress/decompress samples/s; the report.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   ONLY=generate_speed,codec_speed OUT=/tmp/gpu bash benchmarks/gpu_check.sh   # the go/no-go + these
 #   DEVICE=cpu QUICK=1 OUT=/tmp/dry bash benchmarks/gpu_check.sh    # dry run of every step, tiny sizes
 #
 # What comes back from the device machine is at most 8 files under $OUT, so everything is written to a
@@ -44,6 +46,9 @@ pack() { cp "$OUT/summary.txt" "$WORK/" && tar -czf "$OUT/gpu_check.tar.gz.tmp" 
 step() {
     local name=$1 limit=$2
     shift 2
+    if [ -n "${ONLY:-}" ] && [ "$name" != preflight ] && [[ ",$ONLY," != *",$name,"* ]]; then
+        log "$name: not in ONLY=$ONLY"; return 0
+    fi
     if [ "$(left)" -lt "$limit" ]; then limit=$(left); fi
     if [ "$limit" -lt 5 ]; then log "$name: skipped (the ${BUDGET} s budget is spent)"; return 124; fi
     timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
@@ -64,13 +69,15 @@ if [ "$QUICK" = 1 ]; then
     SPEED_ARGS=(--quick --dtype fp32)
     GEN_ARGS=(--models small --dtype fp32 --batch 1 4 --steps 5 --ref-steps 2 --min-seconds 0.05)
     MEM_ARGS=(--quick)
+    CODEC_ARGS=(--quick --models tiny_cpu)
     PREFLIGHT_ARGS=(--quick)
     TRAIN_CONFIG=recipes/configs/tiny_cpu.toml  # the quickstart's QUICK=1 shrinks it to seconds
 else
     SPEED_ARGS=(--dtype bf16)
-    GEN_ARGS=(--models issue3 --config recipes/configs/audio_small.toml --dtype bf16 --batch 1 16 64
-              --steps 300 --ref-steps 20 --min-seconds 1)
+    GEN_ARGS=(--models issue3 issue3_dual issue3_mixture --config recipes/configs/audio_small.toml --dtype bf16
+              --batch 1 16 64 --steps 300 --ref-steps 20 --min-seconds 1)
     MEM_ARGS=(--mem-lens 0,1024,2048,4096,8192,16384)
+    CODEC_ARGS=(--models tiny_cpu --config recipes/configs/lossless16_gpu.toml --batch 1 64 256 --chunk 1024)
     PREFLIGHT_ARGS=()
     TRAIN_CONFIG=recipes/configs/audio_small.toml
 fi
@@ -130,13 +137,17 @@ step speed_small 150 $PY benchmarks/gpu_speed.py --device "$DEVICE" --configs re
 step speed_base 80 $PY benchmarks/gpu_speed.py --device "$DEVICE" --configs recipes/configs/audio_base.toml \
     --batch 4 "${SPEED_ARGS[@]}" --out "$WORK/gpu_speed_base.json"
 
-log "generation samples/s (cached, CUDA graph and eager, against the reference path)"
+log "generation samples/s (cached, CUDA graph and eager, against the reference path; 16-bit heads' cost)"
 step generate_speed 90 $PY benchmarks/generate_speed.py --device "$DEVICE" "${GEN_ARGS[@]}" \
     --json "$WORK/generate_speed.json"
 
 log "peak memory against mem_len (tgt_len 512)"
 step memory_scaling 60 $PY benchmarks/memory_scaling.py --device "$DEVICE" "${MEM_ARGS[@]}" \
     --out "$WORK/memory_scaling.json"
+
+log "lossless codec samples/s (compress and decompress, bit-exact round trip checked)"
+step codec_speed 60 $PY benchmarks/codec_speed.py --device "$DEVICE" "${CODEC_ARGS[@]}" \
+    --out "$WORK/codec_speed.json"
 
 report
 log "done"

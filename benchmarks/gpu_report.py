@@ -22,6 +22,9 @@ GOALS = {
     "train_vs_einsum": 3.0,  # training at least 3x the einsum version (bf16)
     "aggregate_realtime": 1.0,  # audio_small generation faster than real time in aggregate
     "single_stream_realtime": 0.25,  # and at least 0.25x real time for one stream
+    "head_cost": 1.25,  # a 16-bit head adds at most 25% to a cached issue-3 step (issue 16)
+    "codec_single_realtime": 1.0,  # 16-bit GPU model decompresses faster than real time at batch 1
+    "codec_aggregate_realtime": 50.0,  # and 50x real time in aggregate (issue 17)
 }
 
 
@@ -104,6 +107,35 @@ def generation_section(out: Path, goals: list[str]) -> list[str]:
                          f"{_met(s['cached_realtime_factor'] >= GOALS['single_stream_realtime'])}")
     else:
         goals.append("- audio_small generation: not in generate_speed.json")
+    for r in res["rows"]:
+        if "head_cost" in r:
+            goals.append(f"- {r['head']} at most {GOALS['head_cost']:g}x the 8-bit softmax's cached step "
+                         f"(issue-3 trunk, batch {r['batch']}): {r['head_cost']:.2f}x: "
+                         f"{_met(r['head_cost'] <= GOALS['head_cost'])}")
+    return lines
+
+
+def codec_section(out: Path, goals: list[str]) -> list[str]:
+    res = _load(out / "codec_speed.json")
+    if res is None:
+        goals.append("- codec: not measured (codec_speed.json missing)")
+        return ["(codec_speed.json missing)"]
+    from codec_speed import table
+
+    lines = table(res).splitlines()
+    lines.insert(1, "")
+    rows = [r for r in res["rows"] if r["model"] == "lossless16_gpu"]
+    one = [r for r in rows if r["batch"] == 1]
+    if one:
+        x = one[0]["decompress_realtime"]
+        goals.append(f"- 16-bit GPU model decompresses faster than real time at batch 1: {x:.2f}x: "
+                     f"{_met(x >= GOALS['codec_single_realtime'])}")
+    if rows:
+        best = max(rows, key=lambda r: r["decompress_realtime"])
+        x = best["decompress_realtime"]
+        goals.append(f"- 16-bit GPU model decompresses at {GOALS['codec_aggregate_realtime']:g}x real time "
+                     f"in aggregate: {x:.1f}x at batch {best['batch']}: "
+                     f"{_met(x >= GOALS['codec_aggregate_realtime'])}")
     return lines
 
 
@@ -198,6 +230,8 @@ def report(out: Path) -> str:
              "", *speed, "",
              "Generation (cached decoding against the reference path, one run):", "", *gen, "",
              "Peak memory against mem_len:", "", *memory_section(out), "",
+             "Lossless codec (benchmarks/codec_speed.py, random weights, round trip checked):", "",
+             *codec_section(out, goals), "",
              "The quickstart recipe with this config (bundled sample, held-out speakers):", "",
              *training_section(out), "",
              "Goals:", "", *goals]

@@ -45,6 +45,7 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         tar.extractall(work, filter="data")
     for name in ("gpu_speed_small.json", "gpu_speed_base.json", "generate_speed.json", "memory_scaling.json",
+                 "codec_speed.json",
                  "eval_summary.json", "metrics.jsonl", "curves.png", "generation.json", "preflight.log",
                  "cuda_tests.log", "quickstart.log", "report.md", "summary.txt"):
         assert (work / name).stat().st_size > 0, name
@@ -54,6 +55,9 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     gen = json.loads((work / "generate_speed.json").read_text())["rows"]
     assert all(r["cached_samples_per_s"] > 0 and r["speedup"] > 0 for r in gen)
     assert json.loads((work / "eval_summary.json").read_text())["split"] == "test"
+    codec_rows = json.loads((work / "codec_speed.json").read_text())["rows"]
+    assert [r["batch"] for r in codec_rows] == [1, 4]
+    assert all(r["decompress_samples_per_s"] > 0 for r in codec_rows)
     report = (out / "report.md").read_text()
     assert "missing" not in report and "not measured" not in report, report
     assert "| audio_small (fp32) | 2 x 16 | train |" in report and "| eval step |" in report
@@ -92,6 +96,10 @@ def test_gpu_report_marks_goals_from_the_numbers(tmp_path):
              "batch": b,
              "cached_samples_per_s": rate, "cached_realtime_factor": rate / 16_000} for b, rate in
             ((1, 3_000.0), (64, 40_000.0))]
+    rows += [{"model": "issue3_mixture", "head": "logistic_mixture", "n_layer": 4, "d_model": 256,
+              "mem_len": 1024, "tgt_len": 512, "batch": 1, "cached_samples_per_s": 2_000.0,
+              "cached_realtime_factor": 0.125,
+              "head_cost": 1.4}]
     gen = {"dtype": "bf16", "device": "GPU X", "torch": "2.x", "rows": rows}
     (tmp_path / "generate_speed.json").write_text(json.dumps(gen))
     (tmp_path / "summary.txt").write_text("== 10:00:00 machine\nGPU X, 80 GiB\n== 10:00:01 cuda tests\n")
@@ -102,3 +110,6 @@ def test_gpu_report_marks_goals_from_the_numbers(tmp_path):
     assert "3,000 samples/s = 0.188x: **missed**" in report  # single stream under 4,000 samples/s
     assert "| out of memory |" in report  # an einsum run that ran out of memory is said so
     assert "(gpu_speed_base.json missing)" in report and "(memory_scaling.json missing)" in report
+    assert ("logistic_mixture at most 1.25x the 8-bit softmax's cached step (issue-3 trunk, batch 1): "
+            "1.40x: **missed**") in report
+    assert "| 16-bit head: 1.40x the softmax step |" in report and "(codec_speed.json missing)" in report

@@ -128,6 +128,8 @@ def test_size_is_the_models_code_length_plus_a_header(models, tmp_path, kind):
     # shorter than the forward pass's NLL is possible) plus the range coder's final words per batch
     assert abs(payload - nll) <= 0.01 * nll + 64 * 2, (payload, nll)
     assert header_bits < 8 * 4096
+    # the code length the codec reports (compress.csv) is that NLL, from the step path's probabilities
+    assert r.model_bits == pytest.approx(nll, rel=1e-4)
 
 
 def test_bad_files_are_refused_and_nothing_partial_is_left(models, tmp_path, monkeypatch):

@@ -140,6 +140,11 @@ class Tables:
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
+def _log2(p: np.ndarray) -> float:
+    """Sum of log2 p, a probability that underflowed to 0 counted at the smallest float's (-1022 bits)."""
+    return float(np.log2(np.maximum(p, np.finfo(np.float64).tiny)).sum())
+
+
 # ----------------------------------------------------------------------------------------------------
 # one batch of chunks
 
@@ -168,43 +173,49 @@ def _group_steps(model: TransformerXL, chunks: Sequence[np.ndarray], start: int,
 
 
 def encode_group(model: TransformerXL, chunks: Sequence[np.ndarray], start: int,
-                 cuda_graph: bool | None = None, on_step: Progress = None) -> np.ndarray:
-    """Range-code a batch of chunks (token arrays); returns the compressed words (uint32)."""
+                 cuda_graph: bool | None = None, on_step: Progress = None) -> tuple[np.ndarray, float]:
+    """Range-code a batch of chunks (token arrays); returns the compressed words (uint32) and the
+    model's own code length of the chunks in bits (-log2 of the unquantized probabilities), which the
+    words approach from above."""
     enc = constriction.stream.queue.RangeEncoder()
+    bits = 0.0
 
     def code(tables: Tables, t: int, rows: np.ndarray) -> np.ndarray:
+        nonlocal bits
         tokens = np.array([chunks[r][t] for r in rows], dtype=np.int64)
         sym = tables.symbols(rows, tokens)
         hi = sym >> 8 if sixteen_bit(model) else sym
-        enc.encode(hi.astype(np.int32), _FAMILY, tables.first(rows))
+        p = tables.first(rows)
+        enc.encode(hi.astype(np.int32), _FAMILY, p)
+        bits -= _log2(p[np.arange(len(rows)), hi])
         second = tables.second(rows, hi)
         if second is not None:
-            enc.encode((sym & 255).astype(np.int32), _FAMILY, second)
+            lo = sym & 255
+            enc.encode(lo.astype(np.int32), _FAMILY, second)
+            bits -= _log2(second[np.arange(len(rows)), lo])
         return tokens
 
     with torch.inference_mode():
         _group_steps(model, chunks, start, cuda_graph, on_step, code)
-    return enc.get_compressed()
+    return enc.get_compressed(), bits
 
 
 def decode_group(model: TransformerXL, words: np.ndarray, lengths: Sequence[int], start: int,
                  cuda_graph: bool | None = None, on_step: Progress = None) -> list[np.ndarray]:
     """The inverse of :func:`encode_group`: the chunks' tokens from their range code."""
     dec = constriction.stream.queue.RangeDecoder(words)
-    out = [np.zeros(n, dtype=np.int64) for n in lengths]
+    out = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
 
     def code(tables: Tables, t: int, rows: np.ndarray) -> np.ndarray:
         hi = np.asarray(dec.decode(_FAMILY, tables.first(rows)), dtype=np.int64)
         second = tables.second(rows, hi)
         sym = hi if second is None else hi * 256 + np.asarray(dec.decode(_FAMILY, second), dtype=np.int64)
-        tokens = tables.tokens(rows, sym)
-        for r, tok in zip(rows, tokens):
-            out[r][t] = tok
-        return tokens
+        out[rows, t] = tables.tokens(rows, sym)
+        return out[rows, t]
 
     with torch.inference_mode():
         _group_steps(model, [np.zeros(n) for n in lengths], start, cuda_graph, on_step, code)
-    return out
+    return [out[i, :n] for i, n in enumerate(lengths)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,10 +316,15 @@ class Result:
     samples: int
     bytes: int
     seconds: float
+    model_bits: float | None = None  # the model's own code length (compress only)
 
     @property
     def bits_per_sample(self) -> float:
         return 8 * self.bytes / max(self.samples, 1)
+
+    @property
+    def model_bits_per_sample(self) -> float | None:
+        return None if self.model_bits is None else self.model_bits / max(self.samples, 1)
 
 
 def file_tokens(path: str | Path, tokenizer: Any, sixteen: bool, convert: bool = False) -> np.ndarray:
@@ -348,9 +364,10 @@ def compress_tokens(model: TransformerXL, tokenizer: Any, tokens: np.ndarray, ou
     device = next(model.parameters()).device
     graph = (device.type == "cuda") if cuda_graph is None else cuda_graph
     chunks = [tokens[i : i + chunk] for i in range(0, len(tokens), chunk)]
-    payload, groups = [], []
+    payload, groups, model_bits = [], [], 0.0
     for g in range(0, len(chunks), batch):
-        words = encode_group(model, chunks[g : g + batch], start, graph, on_step)
+        words, bits = encode_group(model, chunks[g : g + batch], start, graph, on_step)
+        model_bits += bits
         b = words.astype("<u4").tobytes()
         payload.append(b)
         groups.append([len(b), len(chunks[g : g + batch])])
@@ -366,7 +383,7 @@ def compress_tokens(model: TransformerXL, tokenizer: Any, tokens: np.ndarray, ou
     blob = _pack(header, data)
     out = Path(out)
     _write_atomically(out, lambda f: f.write(blob))
-    return Result(out, int(tokens.size), len(blob), time.perf_counter() - t0)
+    return Result(out, int(tokens.size), len(blob), time.perf_counter() - t0, model_bits)
 
 
 def decompress_tokens(model: TransformerXL, path: str | Path, *, force: bool = False,
@@ -441,9 +458,13 @@ class Report:
         lines = [f"{self.action} {len(self.results)} file(s), {n:,} samples "
                  f"({n / SAMPLE_RATE:.1f} s of audio) into {self.out}",
                  f"{8 * size / max(n, 1):.4f} bits per sample in the .txla files (headers included), "
-                 f"{size:,} bytes",
-                 f"{rate:,.0f} samples/s = {rate / SAMPLE_RATE:.3f}x real time on {self.device} "
-                 f"({self.threads} thread(s))"]
+                 f"{size:,} bytes"]
+        if self.results and all(r.model_bits is not None for r in self.results):
+            ideal = sum(r.model_bits for r in self.results) / max(n, 1)
+            lines.append(f"{ideal:.4f} bits per sample is the model's own code length of the same chunks "
+                         f"(the files are {100 * (8 * size / max(n, 1) / ideal - 1):+.2f}%)")
+        lines.append(f"{rate:,.0f} samples/s = {rate / SAMPLE_RATE:.3f}x real time on {self.device} "
+                     f"({self.threads} thread(s))")
         return "\n".join(lines)
 
 
@@ -472,7 +493,8 @@ def compress_files(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
                    chunk: int = DEFAULT_CHUNK, batch: int = DEFAULT_BATCH, device: str = "cpu",
                    threads: int | None = 1, progress: bool = True) -> Report:
     """Compress audio files / folders (or a prepared corpus split) into OUT/NAME.txla, one per file,
-    and OUT/compress.csv (file, samples, bytes, bits per sample)."""
+    and OUT/compress.csv (file, samples, bytes, bits per sample in the file, the model's own code length
+    of the same chunks in bits per sample)."""
     ckpt, model, tokenizer = _setup(checkpoint, device, threads)
     if tokenizer.unit != "sample":
         raise CodecError(f"{ckpt}: a text model; compress codes audio")
@@ -503,8 +525,9 @@ def compress_files(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
     finally:
         bar.close()
     report = Report("compressed", results, out, device, torch.get_num_threads(), time.perf_counter() - t0)
-    rows = "".join(f"{r.path.name},{r.samples},{r.bytes},{r.bits_per_sample:.6f}\n" for r in results)
-    (out / "compress.csv").write_text("file,samples,bytes,bits_per_sample\n" + rows)
+    rows = "".join(f"{r.path.name},{r.samples},{r.bytes},{r.bits_per_sample:.6f},"
+                   f"{r.model_bits_per_sample:.6f}\n" for r in results)
+    (out / "compress.csv").write_text("file,samples,bytes,bits_per_sample,model_bits_per_sample\n" + rows)
     return report
 
 
