@@ -399,10 +399,12 @@ def exact_fp32_matmul():
     torch.backends.cuda.matmul.allow_tf32 = before
 
 
+CUDA_GRAPH_CASES = [dict(mem_len=6, tgt_len=4), dict(mem_len=4, tgt_len=4, cmem_len=3, cmem_ratio=2)]
+
+
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("kw", [dict(mem_len=6, tgt_len=4),
-                                dict(mem_len=4, tgt_len=4, cmem_len=3, cmem_ratio=2)], ids=["plain", "compressive"])
+@pytest.mark.parametrize("kw", CUDA_GRAPH_CASES, ids=["plain", "compressive"])
 def test_cuda_graph_decoding_equals_reference_on_gpu(exact_fp32_matmul, kw):
     """The graph replays the one-token step; a compressive model's compression at segment boundaries
     runs outside it (CachedDecoder.step), at the same positions."""
