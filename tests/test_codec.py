@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -165,10 +166,11 @@ def test_bad_files_are_refused_and_nothing_partial_is_left(models, tmp_path, mon
     with pytest.raises(codec.CodecError, match="not a txl-audio compressed file"):
         codec.decompress_tokens(model, tmp_path / "junk.txla")
     # another torch or device kind: refused unless forced
-    header = json.loads(data[9 : 9 + n])
+    header = json.loads(zlib.decompress(data[9 : 9 + n]))  # the header: compressed JSON
     header["torch"] = "0.0"
-    meta = json.dumps(header, sort_keys=True).encode()
-    (tmp_path / "old.txla").write_bytes(data[:4] + struct.pack("<BI", 1, len(meta)) + meta + data[9 + n :])
+    meta = zlib.compress(json.dumps(header, sort_keys=True).encode())
+    (tmp_path / "old.txla").write_bytes(data[:4] + struct.pack("<BI", codec.VERSION, len(meta)) + meta
+                                        + data[9 + n :])
     with pytest.raises(codec.CodecError, match="torch 0.0"):
         codec.decompress_tokens(model, tmp_path / "old.txla")
     assert np.array_equal(codec.decompress_tokens(model, tmp_path / "old.txla", force=True)[1], tokens)
