@@ -51,6 +51,7 @@ from txl_audio.audio import SAMPLE_RATE, AudioError, audio_info, find_audio_file
 from txl_audio.checkpoint import load_model, resolve_checkpoint
 from txl_audio.decoders import CachedDecoder
 from txl_audio.devices import resolve_device
+from txl_audio.errors import TxlAudioError
 from txl_audio.evaluate import load_documents
 from txl_audio.generate import start_token
 from txl_audio.model import TransformerXL
@@ -64,7 +65,7 @@ DEFAULT_CHUNK = 4096  # samples per chunk: 0.26 s at 16 kHz
 DEFAULT_BATCH = 16
 
 
-class CodecError(ValueError):
+class CodecError(TxlAudioError, ValueError):
     """A file that cannot be compressed or decompressed; the message names it and says why."""
 
 
