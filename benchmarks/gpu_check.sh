@@ -6,7 +6,8 @@
 # (the end-to-end result: held-out bits per sample, 2 s generated); then the throughput steps: bf16
 # training/evaluation of audio_small and audio_base against the einsum version, generation samples/s
 # for batch 1/16/64 (CUDA graph and eager) with the 16-bit heads' step cost against the 8-bit softmax,
-# peak memory against mem_len, the lossless codec's compress/decompress samples/s; the report.
+# peak memory against mem_len, the lossless codec's compress/decompress samples/s, rotary against
+# relative attention (tokens/s and peak memory per token at mem_len 512 / 2,048 / 8,192); the report.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #   ONLY=generate_speed,codec_speed OUT=/tmp/gpu bash benchmarks/gpu_check.sh   # the go/no-go + these
@@ -70,6 +71,7 @@ if [ "$QUICK" = 1 ]; then
     GEN_ARGS=(--models small --dtype fp32 --batch 1 4 --steps 5 --ref-steps 2 --min-seconds 0.05)
     MEM_ARGS=(--quick)
     CODEC_ARGS=(--quick --models tiny_cpu)
+    ROTARY_ARGS=(--quick)
     PREFLIGHT_ARGS=(--quick)
     TRAIN_CONFIG=recipes/configs/tiny_cpu.toml  # the quickstart's QUICK=1 shrinks it to seconds
 else
@@ -78,6 +80,7 @@ else
               --batch 1 16 64 --steps 300 --ref-steps 20 --min-seconds 1)
     MEM_ARGS=(--mem-lens 0,1024,2048,4096,8192,16384)
     CODEC_ARGS=(--models tiny_cpu --config recipes/configs/lossless16_gpu.toml --batch 1 64 256 --chunk 1024)
+    ROTARY_ARGS=(--dtype bf16 --mem-lens 512,2048,8192)
     PREFLIGHT_ARGS=()
     TRAIN_CONFIG=recipes/configs/audio_small.toml
 fi
@@ -148,6 +151,10 @@ step memory_scaling 60 $PY benchmarks/memory_scaling.py --device "$DEVICE" "${ME
 log "lossless codec samples/s (compress and decompress, bit-exact round trip checked)"
 step codec_speed 60 $PY benchmarks/codec_speed.py --device "$DEVICE" "${CODEC_ARGS[@]}" \
     --out "$WORK/codec_speed.json"
+
+log "rotary against relative attention (issue-3 trunk, bf16): tokens/s and peak memory per token"
+step rotary_speed 90 $PY benchmarks/model_speed.py --rotary --device "$DEVICE" "${ROTARY_ARGS[@]}" \
+    --out "$WORK/rotary_speed.json"
 
 report
 log "done"

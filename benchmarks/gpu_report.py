@@ -25,6 +25,7 @@ GOALS = {
     "head_cost": 1.25,  # a 16-bit head adds at most 25% to a cached issue-3 step (issue 16)
     "codec_single_realtime": 1.0,  # 16-bit GPU model decompresses faster than real time at batch 1
     "codec_aggregate_realtime": 50.0,  # and 50x real time in aggregate (issue 17)
+    "rotary_eval_8192": 3.0,  # rotary evaluation at mem_len 8,192 at least 3x the relative model's (issue 18)
 }
 
 
@@ -139,6 +140,27 @@ def codec_section(out: Path, goals: list[str]) -> list[str]:
     return lines
 
 
+def rotary_section(out: Path, goals: list[str]) -> list[str]:
+    res = _load(out / "rotary_speed.json")
+    if res is None:
+        goals.append("- rotary attention: not measured (rotary_speed.json missing)")
+        return ["(rotary_speed.json missing)"]
+    lines = [f"issue-3 trunk, tgt_len {res['config']['tgt_len']}, batch {res['batch']}, {res['dtype']}, "
+             f"{res['machine']}", "",
+             "| mode | mem_len | rotary tokens/s | relative tokens/s | rotary / relative "
+             "| peak bytes/token rotary / relative |", "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        peak = (f"{r['rotary_peak_bytes_per_token']:,.0f} / {r['relative_peak_bytes_per_token']:,.0f}"
+                if "rotary_peak_bytes_per_token" in r else "-")
+        lines.append(f"| {r['mode']} | {r['mem_len']:,} | {r['rotary']:,.0f} | {r['relative']:,.0f} "
+                     f"| {r['ratio']:.2f}x | {peak} |")
+        if (r["mode"], r["mem_len"]) == ("eval", 8192):
+            goals.append(f"- rotary evaluation at mem_len 8,192 at least {GOALS['rotary_eval_8192']:g}x the "
+                         f"relative model's tokens/s: {r['ratio']:.2f}x: "
+                         f"{_met(r['ratio'] >= GOALS['rotary_eval_8192'])}")
+    return lines
+
+
 def memory_section(out: Path) -> list[str]:
     res = _load(out / "memory_scaling.json")
     if res is None:
@@ -232,6 +254,8 @@ def report(out: Path) -> str:
              "Peak memory against mem_len:", "", *memory_section(out), "",
              "Lossless codec (benchmarks/codec_speed.py, random weights, round trip checked):", "",
              *codec_section(out, goals), "",
+             "Rotary against relative attention (benchmarks/model_speed.py --rotary):", "",
+             *rotary_section(out, goals), "",
              "The quickstart recipe with this config (bundled sample, held-out speakers):", "",
              *training_section(out), "",
              "Goals:", "", *goals]

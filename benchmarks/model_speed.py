@@ -13,8 +13,14 @@ Defaults are the issue's configuration: n_layer 4, d_model 256, 4 heads, d_inner
 tgt_len 512, mem_len 512, batch 4, float32, 2 threads; decoding uses mem_len 1024. Measurements
 alternate between the two implementations and report the median of the repeats.
 
+Rotary against relative attention (``--rotary``): the same trunk with ``attention="rotary"`` against
+the paper's relative attention, training and evaluation tokens/s at mem_len 512, 2,048 and 8,192
+(``--mem-lens``), steps alternating between the two; on CUDA also the peak memory of each step per
+token (on CPU, ``benchmarks/memory_scaling.py --attention rotary`` measures it).
+
     python benchmarks/model_speed.py              # full run (a few minutes on 2 cores)
     python benchmarks/model_speed.py --quick      # tiny smoke run
+    python benchmarks/model_speed.py --rotary [--device cuda] [--mem-lens 512,2048,8192]
 """
 
 from __future__ import annotations
@@ -108,27 +114,95 @@ def compare_throughput(cfg: ModelConfig, batch: int, steps: int, repeats: int, t
     torch.manual_seed(0)
     ours = TransformerXL(cfg)
     ref = from_model(ours)
-    ours.train(train)
-    ref.train(train)
-    make = make_train_step if train else make_eval_step
-    segs = _segments(cfg, batch, steps + 1)
+    res = _alternate({"ours": ours, "einsum": ref}, cfg, batch, steps, repeats, train)
+    res["ratio"] = res["ours"] / res["einsum"]
+    res["ratio_median"] = res["ours_median"] / res["einsum_median"]
+    return res
+
+
+def _alternate(models: dict, cfg: ModelConfig, batch: int, steps: int, repeats: int, train: bool,
+               device: torch.device | None = None, bf16: bool = False) -> dict:
+    """Tokens/s of each model (best and median step), steps alternating between them; on CUDA also
+    each one's peak memory of a step (bytes per token beyond what was allocated before it). ``bf16``:
+    every step under bfloat16 autocast."""
+    device = device or torch.device("cpu")
+    plain = make_train_step if train else make_eval_step
+
+    def make(m):
+        step = plain(m)
+
+        def run(seg):
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                step(seg)
+
+        return run
+
+    segs = [s.to(device) for s in _segments(cfg, batch, steps + 1)]
     tokens = batch * cfg.tgt_len
-    runners = {"ours": make(ours), "einsum": make(ref)}
-    for step in runners.values():  # warm-up step (untimed), builds the memory
+    runners = {}
+    for name, m in models.items():
+        m.train(train)
+        runners[name] = make(m)
+    cuda = device.type == "cuda"
+
+    def timed(step, seg) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(seg)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    peaks: dict[str, int] = {}
+    for name, step in runners.items():  # warm-up step (untimed), builds the memory
         step(segs[0])
-    times: dict[str, list[float]] = {"ours": [], "einsum": []}
+        if cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step(segs[0])
+            torch.cuda.synchronize()
+            peaks[name] = torch.cuda.max_memory_allocated() - base
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for seg in segs[1:]:
             for name, step in runners.items():
-                times[name] += time_steps(step, [seg], warmup=0)
+                times[name].append(timed(step, seg))
     res: dict = {}
     for name, ts in times.items():
         res[name] = tokens / min(ts)
         res[f"{name}_median"] = tokens / statistics.median(ts)
         res[f"{name}_step_seconds"] = ts
-    res["ratio"] = res["ours"] / res["einsum"]
-    res["ratio_median"] = res["ours_median"] / res["einsum_median"]
+        if name in peaks:
+            res[f"{name}_peak_bytes_per_token"] = peaks[name] / tokens
     return res
+
+
+def compare_rotary(cfg: ModelConfig, batch: int, mem_lens: list[int], steps: int, repeats: int,
+                   device: torch.device, bf16: bool = False) -> list[dict]:
+    """Rotary against relative attention on the same trunk at each mem_len, training and evaluation."""
+    rows = []
+    for m in mem_lens:
+        c = dataclasses.replace(cfg, mem_len=m)
+        for train in (True, False):
+            torch.manual_seed(0)
+            rel = TransformerXL(c).to(device)
+            torch.manual_seed(0)
+            rot = TransformerXL(dataclasses.replace(c, attention="rotary")).to(device)
+            r = _alternate({"rotary": rot, "relative": rel}, c, batch, steps, repeats, train, device, bf16)
+            r.update(mem_len=m, mode="train" if train else "eval", ratio=r["rotary"] / r["relative"],
+                     ratio_median=r["rotary_median"] / r["relative_median"])
+            rows.append(r)
+            peak = ""
+            if "rotary_peak_bytes_per_token" in r:
+                peak = (f"; peak bytes/token rotary {r['rotary_peak_bytes_per_token']:,.0f}, relative "
+                        f"{r['relative_peak_bytes_per_token']:,.0f}")
+            print(f"mem_len {m:>6} {r['mode']:<5}: rotary {r['rotary']:9.0f} tokens/s, relative "
+                  f"{r['relative']:9.0f}: {r['ratio']:.2f}x (median {r['ratio_median']:.2f}x){peak}",
+                  flush=True)
+            del rel, rot
+    return rows
 
 
 @torch.no_grad()
@@ -166,6 +240,26 @@ def compare_decoding(cfg: ModelConfig, batch: int, prompt_len: int, n_new: int) 
     res["ratio"] = res["cached"] / res["feeding_memories"]
     res["ratio_median"] = res["cached_median"] / res["feeding_memories_median"]
     res["same_tokens"] = bool((tok_c == tok_f).all())
+    return res
+
+
+def run_rotary(quick: bool, out: Path | None, threads: int, device: str, mem_lens: list[int],
+               dtype: str = "fp32") -> dict:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    cfg = dataclasses.replace(bench_config(quick), dropout=0.0)
+    batch = 2 if quick else 4
+    steps, repeats = (1, 1) if quick else (2, 2)
+    res: dict = {"config": dataclasses.asdict(cfg), "batch": batch, "threads": threads,
+                 "torch": torch.__version__, "device": device, "dtype": dtype,
+                 "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                 else platform.processor() or platform.machine(),
+                 "date": time.strftime("%Y-%m-%d"),
+                 "rows": compare_rotary(cfg, batch, mem_lens, steps, repeats, dev, dtype == "bf16")}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+        print(f"wrote {out}")
     return res
 
 
@@ -230,7 +324,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny configuration, a few seconds (smoke test)")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results file (default {RESULTS})")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--rotary", action="store_true", help="rotary against relative attention instead")
+    ap.add_argument("--mem-lens", default=None, help="--rotary: comma-separated (default 512,2048,8192)")
+    ap.add_argument("--device", default="cpu", help="--rotary: cpu or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="--rotary: bf16 = autocast")
     args = ap.parse_args(argv)
+    if args.rotary:
+        lens = args.mem_lens or ("32,64" if args.quick else "512,2048,8192")
+        mem_lens = [int(m) for m in lens.split(",")]
+        out = RESULTS.with_name("rotary_speed.json") if args.out == RESULTS else args.out
+        run_rotary(args.quick, out, args.threads, args.device, mem_lens, args.dtype)
+        return
     run(args.quick, args.out, args.threads)
 
 

@@ -1,7 +1,8 @@
 """The table of recipes/text_baselines.sh and recipes/audio_baselines.sh: Transformer-XL against its two
-ablations (no memory; absolute positions), each run's evaluation summary and training record side by side.
+ablations (no memory; absolute positions) and its rotary-position variant, each run's evaluation summary
+and training record side by side.
 
-    python recipes/ablation_table.py OUT SPLIT      # OUT holds the runs xl/, no_memory/, absolute/
+    python recipes/ablation_table.py OUT SPLIT      # OUT holds the runs xl/, no_memory/, absolute/, rotary/
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from txl_audio.baselines import paired_difference, read_per_file
 from txl_audio.config import load_config
 from txl_audio.plots import read_metrics
 
-RUNS = (("xl", "Transformer-XL"), ("no_memory", "no memory (mem_len 0)"), ("absolute", "absolute positions"))
+RUNS = (("xl", "Transformer-XL"), ("no_memory", "no memory (mem_len 0)"), ("absolute", "absolute positions"),
+        ("rotary", "rotary positions, same memory"))
 
 
 def table(out: Path, split: str) -> str:
     rows, summaries = [], []
     for name, label in RUNS:
         run = out / name
+        if not run.is_dir() and name == "rotary":  # runs made before the rotary variant existed
+            continue
         s = json.loads((run / f"eval_{split}" / "summary.json").read_text())
         train = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train"]
         m = load_config(run / "config.toml").model

@@ -3,17 +3,19 @@
 #   transformer-xl   relative positions + segment recurrence memory (the config's mem_len)
 #   no memory        relative positions, mem_len = 0: every segment is read on its own
 #   absolute         the vanilla Transformer: absolute sinusoid positions, no memory
-# All three use the same config, seed, batches, segment length and number of steps (STEPS), so the
+#   rotary           rotary positions (RoFormer) instead of relative ones, the same memory
+# All four use the same config, seed, batches, segment length and number of steps (STEPS), so the
 # table shows what recurrence and relative positions buy. Each is evaluated on the held-out test
 # speakers, every clip from an empty memory (as `txl-audio evaluate` does by default), at its training
-# lengths; then `txl-audio context` evaluates the three at several memory lengths on the same clips and
+# lengths; then `txl-audio context` evaluates the four at several memory lengths on the same clips and
 # draws their loss against context span and against position in the clip (nll_vs_*.png).
 #
 #   recipes/audio_baselines.sh [AUDIO_DIR]     default: the bundled sample (data/), split as the quickstart
 #
 # env: CONFIG (audio_small.toml when nvidia-smi sees a GPU, else tiny_cpu.toml), STEPS (2000),
 #      OUT (runs/audio_baselines),
-#      MEM_LENS (the context analysis: 0,64,256; 0,256,1024,4096 with audio_small on a GPU),
+#      MEM_LENS (the context analysis, up to 4x the training memory: 0,64,256; 0,256,1024,4096 with
+#      audio_small on a GPU),
 #      PREPARE (prepare-audio arguments; default the quickstart's speaker split),
 #      SET / RESUME / TXL as in recipes/common.sh.
 set -euo pipefail
@@ -45,12 +47,12 @@ else
 fi
 
 train_ablations "$CONFIG" "$OUT" "$STEPS" --no-progress "${@:2}"
-for v in xl no_memory absolute; do
+for v in xl no_memory absolute rotary; do
     baselines=(--no-baselines)
     [[ "$v" == xl ]] && baselines=()  # xz and bzip2 once, on the same tokens
     txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split test --no-progress ${baselines[@]+"${baselines[@]}"}
 done
-txl context "$OUT/xl" --compare "$OUT/no_memory" "$OUT/absolute" --corpus "$OUT/corpus" --split test \
+txl context "$OUT/xl" --compare "$OUT/no_memory" "$OUT/absolute" "$OUT/rotary" --corpus "$OUT/corpus" --split test \
     --mem-lens "${MEM_LENS:-0,64,256}" --no-progress --out "$OUT/context"
 
 "$PYTHON" "$ROOT/recipes/ablation_table.py" "$OUT" test

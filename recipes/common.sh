@@ -55,9 +55,10 @@ train_run() {
     fi
 }
 
-# train_ablations CONFIG OUT STEPS [train args]: the Transformer-XL and its two ablations into
-# OUT/xl, OUT/no_memory (mem_len 0) and OUT/absolute (absolute positions, no memory), from the corpus
-# in OUT/corpus with equal compute: the same STEPS (and so the same batches) for all, no time limit
+# train_ablations CONFIG OUT STEPS [train args]: the Transformer-XL, its two ablations and the rotary
+# variant into OUT/xl, OUT/no_memory (mem_len 0), OUT/absolute (absolute positions, no memory) and
+# OUT/rotary (rotary positions, the same memory), from the corpus in OUT/corpus with equal compute:
+# the same STEPS (and so the same batches) for all, no time limit
 train_ablations() {
     local config="$1" out="$2" steps="$3"
     shift 3
@@ -67,4 +68,5 @@ train_ablations() {
     train_run "$config" "$out/no_memory" "$out/corpus" "${common[@]}" --set model.mem_len=0
     train_run "$config" "$out/absolute" "$out/corpus" "${common[@]}" --set model.mem_len=0 \
         --set model.attention=absolute
+    train_run "$config" "$out/rotary" "$out/corpus" "${common[@]}" --set model.attention=rotary
 }

@@ -3,7 +3,8 @@
 #   transformer-xl   relative positions + segment recurrence memory (the config's mem_len)
 #   no memory        relative positions, mem_len = 0: every segment is read on its own
 #   absolute         the vanilla Transformer: absolute sinusoid positions, no memory
-# All three use the same config, seed, batches, segment length and number of steps (STEPS; the same
+#   rotary           rotary positions (RoFormer) instead of relative ones, the same memory
+# All four use the same config, seed, batches, segment length and number of steps (STEPS; the same
 # tokens seen), so the table shows what recurrence and relative positions buy. Each is evaluated on
 # EVAL_SPLIT as one continuous stream at its training lengths (the no-memory models therefore see on
 # average tgt_len / 2 previous tokens: the context fragmentation the paper describes).
@@ -30,7 +31,7 @@ split_args=()
 txl prepare-text "$src" --out "$OUT/corpus" --format "$FORMAT" "${split_args[@]}"
 
 train_ablations "$CONFIG" "$OUT" "$STEPS" "${@:2}"
-for v in xl no_memory absolute; do
+for v in xl no_memory absolute rotary; do
     txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split "$EVAL_SPLIT" --stream --no-baselines --no-progress
 done
 

@@ -32,10 +32,10 @@ def make_corpus(path: Path, n_train: int = 12, n_valid: int = 2, length: int = 6
     return path
 
 
-def tiny_config(corpus: Path, **train) -> RunConfig:
+def tiny_config(corpus: Path, model: dict | None = None, **train) -> RunConfig:
     d = {
         "model": {"vocab_size": 256, "n_layer": 2, "d_model": 32, "n_head": 2, "d_head": 16, "d_inner": 64,
-                  "dropout": 0.1, "tgt_len": 16, "mem_len": 16},
+                  "dropout": 0.1, "tgt_len": 16, "mem_len": 16, **(model or {})},
         "data": {"corpus": str(corpus), "eval_batch_size": 4, "max_eval_tokens": 512},
         "train": {"seed": 1, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "max_steps": 10,
                   "log_every": 2, "eval_every": 5, "ckpt_every": 4, "keep_checkpoints": 2, "threads": 1,

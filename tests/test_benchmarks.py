@@ -45,7 +45,7 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         tar.extractall(work, filter="data")
     for name in ("gpu_speed_small.json", "gpu_speed_base.json", "generate_speed.json", "memory_scaling.json",
-                 "codec_speed.json",
+                 "codec_speed.json", "rotary_speed.json",
                  "eval_summary.json", "metrics.jsonl", "curves.png", "generation.json", "preflight.log",
                  "cuda_tests.log", "quickstart.log", "report.md", "summary.txt"):
         assert (work / name).stat().st_size > 0, name

@@ -63,6 +63,18 @@ def test_killed_run_resumes_to_identical_parameters(corpus, uninterrupted, tmp_p
     assert steps == [2, 4, 6, 8, 10]
 
 
+def test_killed_rotary_run_resumes_to_identical_parameters(corpus, tmp_path):
+    """The same for rotary attention (its memory is hidden states, rotated afresh in every segment)."""
+    cfg = tiny_config(corpus, model={"attention": "rotary"}, max_steps=6)
+    ref = train(cfg, tmp_path / "ref", progress=False, log=lambda m: None)
+    out = tmp_path / "run"
+    proc = run_and_kill(cfg, out, kill_at=5)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    r = train(cfg, out, resume=True, progress=False, log=lambda m: None)
+    assert r.resumed_from == 4 and r.losses == ref.losses[4:]
+    assert same_params(load_checkpoint(ref.checkpoint)["model"], load_checkpoint(r.checkpoint)["model"])
+
+
 def test_truncated_newest_checkpoint_is_reported_and_the_previous_used(corpus, uninterrupted, tmp_path):
     import shutil
 

@@ -107,8 +107,14 @@ def test_unknown_keys_and_sections_are_named():
 def test_validation_errors_are_clear():
     with pytest.raises(ValueError, match="model.mem_len=0"):
         load_config(None, ["model.attention=absolute"])
-    with pytest.raises(ValueError, match="'relative' or 'absolute'"):
+    with pytest.raises(ValueError, match="must be one of relative, rotary, absolute, got 'rel'"):
         load_config(None, ["model.attention=rel"])
+    with pytest.raises(ValueError, match="rotary positions have none"):
+        load_config(None, ["model.attention=rotary", "model.clamp_len=8"])
+    with pytest.raises(ValueError, match=r"rotary_fraction=0.01 must be in \(0, 1\]"):
+        load_config(None, ["model.attention=rotary", "model.rotary_fraction=0.01"])
+    with pytest.raises(ValueError, match="no distance embeddings to clamp"):
+        load_config(None, ["model.attention=rotary"]).model.lengths(clamp_len=4)
     with pytest.raises(ValueError, match="model.d_model must be positive, got 0"):
         load_config(None, ["model.d_model=0"])
     with pytest.raises(ValueError, match="mem_len must be >= 0"):

@@ -50,8 +50,9 @@ def alone_nll(model, doc, tgt_len) -> float:
     return total
 
 
-def test_bits_equal_mean_of_model_losses():
-    model = sharp_model(mem_len=64, tgt_len=8)
+@pytest.mark.parametrize("attn", ["relative", "rotary"])
+def test_bits_equal_mean_of_model_losses(attn):
+    model = sharp_model(mem_len=64, tgt_len=8, attention=attn)
     docs = random_docs([37, 50, 23, 2])
     res = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False)
     ref = [full_pass_nll(model, d) for d in docs]
@@ -69,10 +70,11 @@ def test_bits_equal_mean_of_model_losses():
     assert (model.config.mem_len, model.config.tgt_len) == (64, 8)
 
 
-def test_packed_files_equal_each_file_alone():
+@pytest.mark.parametrize("attn", ["relative", "rotary"])
+def test_packed_files_equal_each_file_alone(attn):
     # memory shorter than the files: the result depends on where segments start, so packing must align
     # every file with a segment start and stop attention at its boundary
-    model = sharp_model(mem_len=8, tgt_len=8)
+    model = sharp_model(mem_len=8, tgt_len=8, attention=attn)
     docs = random_docs([37, 50, 23, 9, 64, 17], seed=2)
     packed = evaluate_tokens(model, docs, batch_size=3, baselines=False, progress=False)
     for f, d in zip(packed.files, docs):
@@ -84,8 +86,9 @@ def test_packed_files_equal_each_file_alone():
     assert abs(short.nll_nats - packed.nll_nats) > 1e-2
 
 
-def test_length_overrides_change_context():
-    model = sharp_model(mem_len=0, tgt_len=8)
+@pytest.mark.parametrize("attn", ["relative", "rotary"])
+def test_length_overrides_change_context(attn):
+    model = sharp_model(mem_len=0, tgt_len=8, attention=attn)
     docs = random_docs([60, 41], seed=3)
     # evaluation memory longer than training memory, covering the files == one full pass
     res = evaluate_tokens(model, docs, mem_len=64, batch_size=2, baselines=False, progress=False)
@@ -96,8 +99,9 @@ def test_length_overrides_change_context():
     assert res2.nll_nats == pytest.approx(res.nll_nats, rel=1e-5)
 
 
-def test_stream_with_covering_memory_equals_full_pass():
-    model = sharp_model(mem_len=80, tgt_len=8)
+@pytest.mark.parametrize("attn", ["relative", "rotary"])
+def test_stream_with_covering_memory_equals_full_pass(attn):
+    model = sharp_model(mem_len=80, tgt_len=8, attention=attn)
     doc = random_docs([61], seed=4)[0]
     res = evaluate_tokens(model, [doc], stream=True, batch_size=1, baselines=False, progress=False)
     assert res.nll_nats == pytest.approx(full_pass_nll(model, doc), rel=1e-5)

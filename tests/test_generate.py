@@ -135,6 +135,8 @@ def tiny_model(seed: int = 0, **kw):
         (dict(mem_len=0, tgt_len=4), 5),  # no memory: a plain segment model
         (dict(mem_len=6, tgt_len=4, same_length=True, clamp_len=3, pre_norm=True), 9),
         (dict(mem_len=0, tgt_len=6, attention="absolute"), 3),
+        (dict(mem_len=6, tgt_len=4, attention="rotary"), 7),
+        (dict(mem_len=3, tgt_len=5, same_length=True, attention="rotary", rotary_fraction=0.5), 12),
     ],
 )
 def test_greedy_cached_equals_reference_past_the_window(config, prompt_len):
@@ -151,10 +153,11 @@ def test_greedy_cached_equals_reference_past_the_window(config, prompt_len):
     assert torch.equal(cached, reference)
 
 
-def test_decoders_give_the_reference_logits_token_by_token():
+@pytest.mark.parametrize("attn", ["relative", "rotary"])
+def test_decoders_give_the_reference_logits_token_by_token(attn):
     from txl_audio.decoders import make_decoder
 
-    model = tiny_model(mem_len=5, tgt_len=3, init_std=0.05)
+    model = tiny_model(mem_len=5, tgt_len=3, init_std=0.05, attention=attn)
     tokens = torch.randint(0, 32, (2, 40), generator=torch.Generator().manual_seed(1))
     logits = {}
     with torch.inference_mode():

@@ -58,9 +58,13 @@ def close(a, b, tol=1e-5):
 # ---- memory ----
 
 
+ATTN = ["relative", "rotary"]  # the attentions with a memory
+
+
+@pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("pre_norm", [False, True])
-def test_segments_with_memory_equal_one_pass(pre_norm):
-    model = make_model(tiny(pre_norm=pre_norm, mem_len=20))
+def test_segments_with_memory_equal_one_pass(pre_norm, attn):
+    model = make_model(tiny(pre_norm=pre_norm, mem_len=20, attention=attn))
     x = torch.randint(0, V, (2, 25))
     full = model(x).logits
     close(run_segments(model, x, 5), full)
@@ -80,9 +84,10 @@ def test_mems_are_last_mem_len_layer_inputs():
         close(m.hidden, w.hidden[:, -cfg.mem_len :])
 
 
+@pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("pre_norm", [False, True])
-def test_inference_reuses_memory_keys_values_when_asked(pre_norm):
-    model = make_model(tiny(pre_norm=pre_norm, mem_len=20))
+def test_inference_reuses_memory_keys_values_when_asked(pre_norm, attn):
+    model = make_model(tiny(pre_norm=pre_norm, mem_len=20, attention=attn))
     x = torch.randint(0, V, (2, 15))
     with torch.no_grad():
         full = model(x).logits
@@ -94,7 +99,8 @@ def test_inference_reuses_memory_keys_values_when_asked(pre_norm):
         out = model(x[:, :5], keep_kv=True)
         assert out.mems.layers[0].keys.shape == (2, 2, 5, 8)  # (B, H, M, Dh)
         # the carried keys/values are really used...
-        bad = Memory(tuple(dataclasses.replace(m, keys=torch.zeros_like(m.keys)) for m in out.mems.layers))
+        bad = Memory(tuple(dataclasses.replace(m, keys=torch.zeros_like(m.keys)) for m in out.mems.layers),
+                     offset=out.mems.offset)
         assert (model(x[:, 5:10], mems=bad).logits - full[:, 5:10]).abs().max() > 1e-3
         # ...and a memory without them is re-projected with the weights of the moment (whoever changes
         # the weights drops them: hidden_only)
@@ -121,8 +127,9 @@ def test_memory_carries_no_gradient_into_previous_segment():
     assert g[torch.unique(seg2)].abs().sum(-1).min() > 0
 
 
-def test_batched_equals_one_at_a_time():
-    model = make_model(tiny())
+@pytest.mark.parametrize("attn", ATTN)
+def test_batched_equals_one_at_a_time(attn):
+    model = make_model(tiny(attention=attn))
     x = torch.randint(0, V, (3, 15))
     doc_pos = torch.tensor(
         [list(range(15)), [4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3], list(range(3, 18))]
@@ -132,9 +139,10 @@ def test_batched_equals_one_at_a_time():
         close(run_segments(model, x[b : b + 1], 5, doc_pos[b : b + 1]), batched[b : b + 1])
 
 
+@pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("where", [2, 7, 12])
-def test_causality_in_segment_and_through_memory(where):
-    model = make_model(tiny())
+def test_causality_in_segment_and_through_memory(where, attn):
+    model = make_model(tiny(attention=attn))
     x = torch.randint(0, V, (1, 15))
     y = x.clone()
     y[0, where] = (x[0, where] + 1) % V
@@ -319,6 +327,13 @@ def loop_reference(model: TransformerXL, tokens: list[int]) -> torch.Tensor:
             [math.sin(d * wk) for wk in w] + [math.cos(d * wk) for wk in w], dtype=torch.float64
         )
 
+    def rotate(x: torch.Tensor, pos: int) -> torch.Tensor:
+        """Rotary positions as complex numbers: pair (x_i, x_{i+r/2}) times e^{i pos theta_i}."""
+        r = c.rotary_dims
+        theta = torch.tensor([c.rotary_base ** (-2 * i / r) for i in range(r // 2)], dtype=torch.float64)
+        z = torch.complex(x[: r // 2], x[r // 2 : r]) * torch.exp(1j * pos * theta)
+        return torch.cat([z.real, z.imag, x[r:]])
+
     emb = model.word_emb.weight.double()
     h = [emb[t] * math.sqrt(D) for t in tokens]
     if c.attention == "absolute":
@@ -338,6 +353,10 @@ def loop_reference(model: TransformerXL, tokens: list[int]) -> torch.Tensor:
                 scores = []
                 for j in keys:
                     k = (Wk @ h[j])[sl]
+                    if c.attention == "rotary":
+                        s = rotate(q[sl], p) @ rotate(k, j)
+                        scores.append(s / math.sqrt(Dh))
+                        continue
                     s = (q[sl] + (a.u[n].double() if model.relative else 0)) @ k
                     if model.relative:
                         r = (a.r_net.weight.double() @ R(p - j))[sl]
@@ -369,8 +388,10 @@ def norm(m: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         dict(same_length=True),
         dict(same_length=True, clamp_len=1, mem_len=3),
         dict(attention="absolute", mem_len=0),
+        dict(attention="rotary"),
+        dict(attention="rotary", same_length=True, mem_len=3, rotary_fraction=0.5, rotary_base=100.0),
     ],
-    ids=["plain", "clamp_len", "same_length", "both", "absolute"],
+    ids=["plain", "clamp_len", "same_length", "both", "absolute", "rotary", "rotary_half_same_base100"],
 )
 def test_matches_loop_implementation_of_the_paper(kw):
     cfg = tiny(tgt_len=4, **{"mem_len": 6, **kw})
@@ -394,9 +415,10 @@ def test_clamp_len_and_same_length_change_results(kw):
 # ---- document boundaries ----
 
 
+@pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("same_length", [False, True])
-def test_doc_pos_blocks_attention_across_file_start(same_length):
-    cfg = tiny(tgt_len=8, mem_len=16, same_length=same_length)
+def test_doc_pos_blocks_attention_across_file_start(same_length, attn):
+    cfg = tiny(tgt_len=8, mem_len=16, same_length=same_length, attention=attn)
     model = make_model(cfg)
     a = torch.randint(0, V, (1, 11))
     b = torch.randint(0, V, (1, 13))
@@ -407,6 +429,109 @@ def test_doc_pos_blocks_attention_across_file_start(same_length):
     close(mixed, alone)
     # not vacuous: without doc_pos the memory of file a changes file b's predictions
     assert (run_segments(model, stream, 8)[:, 11:] - alone).abs().max() > 1e-3
+
+
+# ---- rotary positions ----
+
+
+def test_rotary_score_depends_on_distance_only_far_into_a_stream():
+    """q_p . k_j after rotation is a function of p - j, also 10^8 positions into a stream (the angles
+    are made in float64), and the dimensions past rotary_fraction pass unrotated."""
+    inv = attention.rotary_inv_freq(8, 10_000.0)
+    q, k = torch.randn(12), torch.randn(12)  # 8 rotated dimensions, 4 passed through
+
+    def score(p: int, j: int) -> torch.Tensor:
+        cq, sq = attention.rotary_tables(torch.tensor([p]), inv, torch.float32)
+        ck, sk = attention.rotary_tables(torch.tensor([j]), inv, torch.float32)
+        rq, rk = attention.apply_rotary(q[None], cq, sq)[0], attention.apply_rotary(k[None], ck, sk)[0]
+        assert torch.equal(rq[8:], q[8:]) and torch.equal(rk[8:], k[8:])
+        return rq @ rk
+
+    near = torch.stack([score(d, 0) for d in range(6)])
+    far = torch.stack([score(10**8 + d, 10**8) for d in range(6)])
+    close(far, near, tol=1e-4)
+    assert (near[1:] - near[0]).abs().min() > 1e-3  # not vacuous: the score changes with the distance
+
+
+def test_rotary_memory_keys_keep_their_frame():
+    """Keys carried in the memory were rotated where they were made; the next segment's queries are
+    rotated in the same frame (Memory.offset), so carrying keys == re-projecting them, and a memory
+    whose offset is wrong gives other results."""
+    model = make_model(tiny(attention="rotary", mem_len=8, tgt_len=4))
+    x = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        out = model(x[:, :12], keep_kv=True)
+        assert out.mems.offset == 12 - 8  # the memory holds positions 4..11 of the first call's frame
+        carried = model(x[:, 12:], mems=out.mems).logits
+        close(carried, model(x[:, 12:], mems=out.mems.hidden_only()).logits)
+        shifted = dataclasses.replace(out.mems, offset=out.mems.offset + 3)
+        assert (model(x[:, 12:], mems=shifted).logits - carried).abs().max() > 1e-4
+
+
+def test_rotary_runs_sdpa_without_a_float_bias(monkeypatch):
+    """Causality alone reaches SDPA as is_causal (T == K) or, with a memory, as a boolean mask on CPU
+    (on CUDA a lower-right causal bias: test_rotary_runs_in_the_flash_kernel_on_cuda); file starts as
+    a boolean mask; never a float bias."""
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        if kw.get("is_causal"):
+            seen.append("causal")
+        elif attn_mask is None or not isinstance(attn_mask, torch.Tensor):
+            seen.append(type(attn_mask).__name__)
+        else:
+            seen.append(str(attn_mask.dtype))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = make_model(tiny(attention="rotary", mem_len=6, tgt_len=4)).train()
+    x = torch.randint(0, V, (2, 4))
+    out = model(x)  # no memory: T == K
+    model(x, mems=out.mems, targets=x).loss.sum().backward()  # memory: T < K, with autograd
+    model(x, mems=out.mems, doc_pos=torch.arange(4).repeat(2, 1) + 1)  # a file start: boolean mask
+    assert seen == ["causal"] * 2 + ["torch.bool"] * 4, seen
+
+
+def test_rotary_kernel_on_cpu_is_the_fused_flash_kernel():
+    """Which kernel runs, by the profiler: the CPU flash kernel, forward and backward, with memory and
+    with a file boundary (the relative model hands it a float bias; rotary a boolean mask or none)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = make_model(tiny(attention="rotary", mem_len=6, tgt_len=4)).train()
+    x = torch.randint(0, V, (2, 4))
+    mems = model(x).mems
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x, mems=mems, targets=x).loss.sum().backward()
+        model(x, mems=mems, targets=x, doc_pos=torch.arange(4).repeat(2, 1) + 1).loss.sum().backward()
+    names = [e.name for e in prof.events()]
+    n = 2 * model.config.n_layer
+    assert names.count("aten::_scaled_dot_product_flash_attention_for_cpu") == n
+    assert names.count("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == n
+    assert not any("math" in n for n in names)
+
+
+@pytest.mark.cuda
+def test_rotary_runs_in_the_flash_kernel_on_cuda():
+    """With only the flash kernel allowed, rotary attention over memory + segment runs (flash takes no
+    mask: causality goes in as the lower-right causal bias); with a file start the boolean mask needs
+    the memory-efficient kernel, and runs there."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    model = make_model(tiny(attention="rotary", mem_len=8, tgt_len=8, d_head=16, n_head=2)).cuda()
+    x = torch.randint(0, V, (2, 8), device="cuda")
+    with torch.autocast("cuda", torch.bfloat16), torch.no_grad():
+        mems = model(x).mems
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            flash = model(x, mems=mems).logits.float()
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            doc = torch.arange(8, device="cuda").repeat(2, 1) + 3
+            model(x, mems=mems, doc_pos=doc)
+        with sdpa_kernel([SDPBackend.MATH]):
+            math_ = model(x, mems=mems).logits.float()
+    close(flash, math_, tol=5e-2)
 
 
 # ---- cached decoding ----
@@ -452,8 +577,10 @@ CACHE_CASES = [
     dict(pre_norm=True, clamp_len=3),
     dict(same_length=True),
     dict(attention="absolute", mem_len=0),
+    dict(attention="rotary"),
+    dict(attention="rotary", same_length=True, pre_norm=True, rotary_fraction=0.5, mem_len=3),
 ]
-CACHE_IDS = ["plain", "short_mem", "pre_norm_clamp", "same_length", "absolute"]
+CACHE_IDS = ["plain", "short_mem", "pre_norm_clamp", "same_length", "absolute", "rotary", "rotary_half_same"]
 
 
 @pytest.mark.parametrize("kw", CACHE_CASES, ids=CACHE_IDS)

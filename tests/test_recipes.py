@@ -106,15 +106,16 @@ def test_audio_baselines_end_to_end(tmp_path):
     env = _env(tmp_path, OUT=str(out), STEPS="3", MEM_LENS="0,32", PREPARE="--valid 0.2 --test 0.3")
     proc = _run(["bash", "recipes/audio_baselines.sh", str(data), *TINY], env)
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]  # no header
-    assert [r[1].strip() for r in rows] == ["Transformer-XL", "no memory (mem_len 0)", "absolute positions"]
+    assert [r[1].strip() for r in rows] == ["Transformer-XL", "no memory (mem_len 0)", "absolute positions",
+                                            "rotary positions, same memory"]
     assert all(0 < float(r[-3]) < 9 for r in rows)  # bits per sample, a number for each
     assert "xz -9e on the same tokens" in proc.stdout
     for run, attention, mem in (("xl", "relative", 32), ("no_memory", "relative", 0),
-                                ("absolute", "absolute", 0)):
+                                ("absolute", "absolute", 0), ("rotary", "rotary", 32)):
         cfg = (out / run / "config.toml").read_text()
         assert f'attention = "{attention}"' in cfg and f"mem_len = {mem}\n" in cfg
-        assert "max_steps = 3\n" in cfg  # equal compute: the same steps for all three
+        assert "max_steps = 3\n" in cfg  # equal compute: the same steps for all four
     span = (out / "context" / "context_span.csv").read_text()
-    assert all(str(out / run) in span for run in ("xl", "no_memory", "absolute"))
+    assert all(str(out / run) in span for run in ("xl", "no_memory", "absolute", "rotary"))
     assert (out / "context" / "nll_vs_context.png").stat().st_size > 0
 

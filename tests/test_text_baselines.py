@@ -238,10 +238,11 @@ def test_text_baselines_end_to_end(tmp_path):
     out = tmp_path / "out"
     proc = _run_recipe(tmp_path, ["recipes/text_baselines.sh", str(src), *TINY], OUT=str(out), STEPS="3")
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]  # no header
-    assert [r[1].strip() for r in rows] == ["Transformer-XL", "no memory (mem_len 0)", "absolute positions"]
+    assert [r[1].strip() for r in rows] == ["Transformer-XL", "no memory (mem_len 0)", "absolute positions",
+                                            "rotary positions, same memory"]
     assert all(0 < float(r[-3]) < 9 for r in rows)  # valid nats/token, a number for each
     for run, attention, mem in (("xl", "relative", 16), ("no_memory", "relative", 0),
-                                ("absolute", "absolute", 0)):
+                                ("absolute", "absolute", 0), ("rotary", "rotary", 16)):
         cfg = (out / run / "config.toml").read_text()
         assert f'attention = "{attention}"' in cfg and f"mem_len = {mem}\n" in cfg
-        assert "max_steps = 3\n" in cfg  # equal compute: the same steps for all three
+        assert "max_steps = 3\n" in cfg  # equal compute: the same steps for all four

@@ -30,6 +30,7 @@ else:  # pragma: no cover
 
 
 HEADS = ("softmax", "dual_softmax", "logistic_mixture")
+ATTENTIONS = ("relative", "rotary", "absolute")
 
 
 class ConfigError(TxlAudioError, ValueError):
@@ -130,7 +131,14 @@ class ModelConfig(_Typed):
     same_length: bool = False  # every query attends over the same number of keys
     pre_norm: bool = False  # LayerNorm before each sublayer (the paper is post-norm)
     tie_weights: bool = True  # output projection shares the input embedding
-    attention: str = "relative"  # "relative" (the paper's) or "absolute" (vanilla Transformer, mem_len = 0)
+    # "relative" (the paper's), "rotary" (RoFormer's rotary positions over memory + segment: no
+    # position bias, fused attention kernels) or "absolute" (vanilla Transformer, mem_len = 0)
+    attention: str = "relative"
+    # rotary only: the base of the rotation frequencies, theta_i = base^(-2i/r) (10,000: Su et al. 2021,
+    # RoFormer, eq. 15) and the share of each head's dimensions rotated, r = the even number nearest
+    # below fraction x d_head (1.0: RoFormer rotates all; GPT-NeoX, Black et al. 2022, rotates 0.25)
+    rotary_base: float = 10_000.0
+    rotary_fraction: float = 1.0
     cutoffs: tuple[int, ...] = ()  # adaptive softmax/input cluster cutoffs; () = full softmax
     div_val: int = 1  # adaptive embedding size divisor per cluster
     init_std: float = 0.02
@@ -147,8 +155,18 @@ class ModelConfig(_Typed):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.attention not in ("relative", "absolute"):
-            raise ConfigError(f"model.attention must be 'relative' or 'absolute', got {self.attention!r}")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"model.attention must be one of {', '.join(ATTENTIONS)}, "
+                              f"got {self.attention!r}")
+        if self.attention == "rotary":
+            if not 0.0 < self.rotary_fraction <= 1.0 or self.rotary_dims < 2:
+                raise ConfigError(f"model.rotary_fraction={self.rotary_fraction} must be in (0, 1] and "
+                                  f"rotate at least 2 of the d_head={self.d_head} dimensions")
+            if self.rotary_base <= 1.0:
+                raise ConfigError(f"model.rotary_base must be > 1, got {self.rotary_base}")
+            if self.clamp_len >= 0:
+                raise ConfigError("model.clamp_len clamps the relative attention's distance embeddings; "
+                                  "rotary positions have none: leave it at -1")
         if self.attention == "absolute" and self.mem_len != 0:
             raise ConfigError(
                 "model.attention='absolute' is the vanilla Transformer baseline and has no recurrence "
@@ -175,6 +193,11 @@ class ModelConfig(_Typed):
         if self.mixture_components < 1:
             raise ConfigError(f"model.mixture_components must be positive, got {self.mixture_components}")
 
+    @property
+    def rotary_dims(self) -> int:
+        """Dimensions of each head rotated by the rotary positions (even)."""
+        return int(self.d_head * self.rotary_fraction) // 2 * 2
+
     def lengths(
         self,
         mem_len: int | None = None,
@@ -190,6 +213,9 @@ class ModelConfig(_Typed):
             self.clamp_len if clamp_len is None else int(clamp_len),
             self.same_length if same_length is None else bool(same_length),
         )
+        if self.attention == "rotary" and new.clamp_len >= 0:
+            raise ValueError(f"clamp_len {new.clamp_len}: rotary positions have no distance embeddings to "
+                             "clamp (clamp_len is for attention = 'relative')")
         if self.attention == "absolute":
             if new.mem_len != 0:
                 raise ValueError(

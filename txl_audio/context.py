@@ -4,7 +4,7 @@ Two views of the same question, both with each file evaluated from an empty memo
 
 - NLL against the attention span at evaluation: the model re-evaluated with memory lengths 0, 256, 1k,
   4k, ... (a prediction then attends directly to up to ``mem_len + tgt_len`` previous tokens of its file).
-  A relative-position model may use a longer memory than it was trained with; a model trained with
+  A relative-position (or rotary) model may use a longer memory than it was trained with; a model trained with
   ``mem_len = 0`` is evaluated the same way (does it generalise to memory it never saw?). The
   absolute-position baseline has no memory and learned only ``tgt_len`` positions: it is evaluated at its
   own context once and shown as one point (a flat line).
@@ -85,7 +85,7 @@ class SpanPoint:
 @dataclass
 class ContextCurve:
     name: str  # the checkpoint as given on the command line
-    attention: str  # "relative" or "absolute"
+    attention: str  # "relative", "rotary" or "absolute"
     trained_mem_len: int
     trained_tgt_len: int
     edges: list[int]
@@ -149,7 +149,7 @@ def analyse_context(
                 unit=unit,
                 mem_len=m,
                 tgt_len=T,
-                clamp_len=None if curve.fixed_context else clamp_len,
+                clamp_len=clamp_len if cfg.attention == "relative" else None,  # the others have no clamp
                 batch_size=batch_size,
                 dtype=dtype,
                 baselines=False,

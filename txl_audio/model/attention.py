@@ -24,6 +24,15 @@ The relative score of query i and key j (eq. in section 3.3, E = layer input, R 
 - a decoding step over a ring of W slots (``step``): scores against the W distances, gathered by
   each slot's distance to the query.
 
+Rotary positions (``attention="rotary"``; Su et al. 2021, RoFormer) rotate the first r dimensions of
+each query and key by angles proportional to its position in the stream, in pairs (dimension i with
+i + r/2, the GPT-NeoX layout), so q_i . k_j depends on i - j only: there is no position term, and the
+score is a plain SDPA call over [memory; segment] that a fused kernel runs. A key is rotated once, when
+it is made; the memory's keys (``keep_kv``) and the decoding ring keep them rotated. Positions are
+counted in a frame that starts at the first position a call sees (or, when the memory carries its keys,
+in the memory's own frame, ``Memory.offset``) and angles are computed in float64, so a long stream
+loses nothing to rounding.
+
 Masking is a function of the distance d = i - j (query and key positions in the stream) and one
 per-query limit: key j is visible to query i iff 0 <= d <= limit_i. The limit is the document
 position (``doc_pos``: no attention across a file start), and with ``same_length`` at most
@@ -39,8 +48,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 from txl_audio.model.memory import LayerMemory
+
+
+def rotary_inv_freq(dims: int, base: float, device: torch.device | None = None) -> Tensor:
+    """(dims/2,) float64 rotation frequencies theta_i = base^(-2i/dims) (RoFormer, eq. 15)."""
+    return base ** (-torch.arange(0, dims, 2, device=device, dtype=torch.float64) / dims)
+
+
+def rotary_tables(positions: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """positions (L,) int64 -> cos, sin (L, r/2) in ``dtype`` of the angles position x theta_i,
+    computed in float64 (an angle at position 10^8 keeps its fraction of a radian)."""
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (..., L, Dh) rotated at the positions of cos, sin (L, r/2): dimension i pairs with i + r/2
+    (x_i, x_{i+r/2}) -> (x_i cos - x_{i+r/2} sin, x_{i+r/2} cos + x_i sin); dimensions from r on pass."""
+    h = cos.shape[-1]
+    x1, x2, rest = x[..., :h], x[..., h : 2 * h], x[..., 2 * h :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
 
 def sinusoid(positions: Tensor, dim: int) -> Tensor:
@@ -121,7 +151,8 @@ def attention_mask(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Additive mask (0 visible, -inf hidden) for ``qlen`` queries that are the last of ``klen`` keys.
+    """Additive mask (0 visible, -inf hidden) for ``qlen`` queries that are the last of ``klen`` keys,
+    or with ``dtype=torch.bool`` a boolean one (True visible: SDPA takes it without a float bias).
 
     Key j is visible to query i iff 0 <= d <= limit_i with d = klen - qlen + i - j. ``limit``: None
     (causal only), an int (same for all), or (B, T) per query (then the mask is (B, 1, T, K);
@@ -138,21 +169,25 @@ def attention_mask(
         if limit is not None:
             hidden = hidden | (d > limit)
         hidden = hidden[None, None]  # (1, 1, T, K)
+    if dtype == torch.bool:
+        return ~hidden
     zero = torch.zeros((), device=device, dtype=dtype)
     return torch.where(hidden, torch.tensor(float("-inf"), device=device, dtype=dtype), zero)
 
 
 class MultiHeadAttention(nn.Module):
-    """Attention of a segment over memory + segment, relative (u, v, W_kR) or absolute.
+    """Attention of a segment over memory + segment: relative (u, v, W_kR), rotary or absolute.
 
     Parameters: ``qkv`` (3*H*Dh, D) = [W_q; W_kE; W_v] without bias (as the paper writes them),
     ``out`` (D, H*Dh) without bias; relative only: ``r_net`` (H*Dh, D) = W_kR, ``u``, ``v`` (H, Dh)
-    (per layer, as the authors' released models untie them).
+    (per layer, as the authors' released models untie them). Rotary adds no parameters.
     """
 
-    def __init__(self, d_model: int, n_head: int, d_head: int, dropatt: float, relative: bool) -> None:
+    def __init__(self, d_model: int, n_head: int, d_head: int, dropatt: float, attention: str) -> None:
         super().__init__()
+        relative = attention == "relative"
         self.n_head, self.d_head, self.relative = n_head, d_head, relative
+        self.rotary = attention == "rotary"
         self.scale = 1.0 / math.sqrt(d_head)
         self.dropatt = dropatt
         hd = n_head * d_head
@@ -169,30 +204,42 @@ class MultiHeadAttention(nn.Module):
         return r.view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, R, Dh)
 
     def project(
-        self, x: Tensor, mem: Tensor | None = None, mem_kv: tuple[Tensor, Tensor] | None = None
+        self, x: Tensor, mem: Tensor | None = None, mem_kv: tuple[Tensor, Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries for x (B, T, D); keys and values for [mem; x] (B, M+T, D). Returns q (B, T, H, Dh)
         and k, v (B, H, K, Dh). ``mem_kv``: the memory's keys and values (B, H, M, Dh) from the
         previous segment, used instead of re-projecting ``mem`` (inference with unchanged weights: the
-        same result; the caller that carries them knows the weights did not change)."""
+        same result; the caller that carries them knows the weights did not change). ``rope``: rotary
+        only, cos and sin (K, r/2) of the K positions; queries and the keys made here are rotated
+        (the memory's carried keys were rotated when they were made)."""
         B, T, _ = x.shape
         H, Dh = self.n_head, self.d_head
         M = 0 if mem is None else mem.shape[1]
         w = self.qkv.weight
         if M == 0 or mem_kv is not None:
             qkv = self.qkv(x).view(B, T, 3, H, Dh)  # (B, T, 3, H, Dh)
+            q = qkv[:, :, 0]
             k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, H, T, Dh)
+            if rope is not None:
+                cos, sin = rope[0][M:], rope[1][M:]
+                q = apply_rotary(q.transpose(1, 2), cos, sin).transpose(1, 2)
+                k = apply_rotary(k, cos, sin)
             if M:
                 if mem_kv[0].shape[2] != M:
                     raise ValueError(f"the memory holds {M} positions, its keys/values {mem_kv[0].shape[2]}")
                 k = torch.cat([mem_kv[0].to(k.dtype), k], dim=2)  # (B, H, K, Dh)
                 v = torch.cat([mem_kv[1].to(v.dtype), v], dim=2)
-            return qkv[:, :, 0], k, v
+            return q, k, v
         q = F.linear(x, w[: H * Dh]).view(B, T, H, Dh)  # (B, T, H, Dh)
         # keys and values of the memory are re-projected with the current weights (the paper's
         # recurrence: memory is hidden states, gradients reach W_kE and W_v through it)
         kv = F.linear(torch.cat([mem, x], dim=1), w[H * Dh :]).view(B, M + T, 2, H, Dh)
-        return q, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        if rope is not None:
+            q = apply_rotary(q.transpose(1, 2), rope[0][M:], rope[1][M:]).transpose(1, 2)
+            k = apply_rotary(k, *rope)
+        return q, k, v
 
     def attend(self, q: Tensor, kh: Tensor, vh: Tensor, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
         """q (B, T, H, Dh); kh, vh (B, H, K, Dh) for keys at consecutive positions ending at the last
@@ -221,6 +268,8 @@ class MultiHeadAttention(nn.Module):
                 )
             else:
                 o = _relative_inference(qu, qv, kh, vh, rel_t, mask, p)
+        elif self.rotary:
+            o = _plain_attention(qh, kh, vh, mask, p)
         else:
             causal_only = mask is None and T == kh.shape[2]
             o = F.scaled_dot_product_attention(
@@ -240,14 +289,15 @@ class MultiHeadAttention(nn.Module):
         rel_k: Tensor | None,
         mask: Tensor | None,
         mem_kv: tuple[Tensor, Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D), mem (B, M, D) or None -> output (B, T, D) (before dropout and residual) and
-        the keys and values of all K positions (B, H, K, Dh)."""
-        q, k, v = self.project(x, mem, mem_kv)
+        the keys and values of all K positions (B, H, K, Dh) (rotary: the keys rotated)."""
+        q, k, v = self.project(x, mem, mem_kv, rope)
         return self.out(self.attend(q, k, v, rel_k, mask)), k, v
 
     def step(self, x: Tensor, ring: LayerMemory, slots: Tensor, rel_k: Tensor | None, dist: Tensor,
-             mask: Tensor) -> Tensor:
+             mask: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Decoding over a ring of W slots: x (B, n, D) are the tokens at the positions whose slots are
         ``slots`` (n,); their keys and values are written into ``ring.keys`` / ``ring.values``
         (B, H, W, Dh), then each attends to every slot. ``dist`` (n, W): distance from each query to
@@ -263,10 +313,13 @@ class MultiHeadAttention(nn.Module):
         W = dist.shape[1]
         qkv = self.qkv(x).view(B, n, 3, H, Dh).transpose(1, 3)  # (B, H, 3, n, Dh)
         keys, values = ring.keys, ring.values  # (B, H, W, Dh)
+        q, k = qkv[:, :, 0], qkv[:, :, 1]
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         # (casts are no-ops unless run under autocast with float32 buffers)
-        keys.index_copy_(2, slots, qkv[:, :, 1].to(keys.dtype))
+        keys.index_copy_(2, slots, k.to(keys.dtype))
         values.index_copy_(2, slots, qkv[:, :, 2].to(values.dtype))
-        q = qkv[:, :, 0].to(keys.dtype)  # (B, H, n, Dh)
+        q = q.to(keys.dtype)  # (B, H, n, Dh)
         if not self.relative:
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype))
         else:
@@ -354,6 +407,36 @@ def _relative_inference_rows(
 
 def _cpu_rows(B: int, H: int, T: int, K: int) -> int:
     return max(1, _CPU_CHUNK_ELEMENTS // (H * T * (K + 1)))
+
+
+def _plain_attention(qh: Tensor, kh: Tensor, vh: Tensor, mask: Tensor | None, p: float) -> Tensor:
+    """Attention without a position term (rotary): qh (B, H, T, Dh) over kh, vh (B, H, K, Dh) at
+    consecutive positions ending at the last query. ``mask``: boolean (B|1, 1, T, K) (True visible),
+    or None for causality alone, which goes in as is_causal (T == K), no mask (T == 1), or else on
+    CUDA as the lower-right causal bias that the flash kernel runs without any mask tensor (elsewhere
+    as a boolean mask: PyTorch would materialize that bias as a float one). In CPU inference the
+    queries go in blocks of CPU_QUERY_BLOCK that skip the keys no query of the block can see, as
+    _relative_inference does."""
+    T, K = qh.shape[2], kh.shape[2]
+    if mask is None:
+        if T == K:
+            return F.scaled_dot_product_attention(qh, kh, vh, dropout_p=p, is_causal=True)
+        if T == 1:
+            return F.scaled_dot_product_attention(qh, kh, vh, dropout_p=p)
+        if qh.device.type == "cuda":
+            return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=causal_lower_right(T, K), dropout_p=p)
+        mask = attention_mask(T, K, None, qh.device, dtype=torch.bool)
+    n = CPU_QUERY_BLOCK
+    if qh.device.type == "cpu" and not torch.is_grad_enabled() and n and T >= 2 * n:
+        M = K - T
+        outs = []
+        for q0 in range(0, T, n):
+            q1 = min(T, q0 + n)
+            k1 = M + q1  # keys 0 .. k1-1: all this block's queries can see
+            outs.append(F.scaled_dot_product_attention(qh[:, :, q0:q1], kh[:, :, :k1], vh[:, :, :k1],
+                                                       attn_mask=mask[:, :, q0:q1, :k1], dropout_p=p))
+        return torch.cat(outs, dim=2)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, dropout_p=p)
 
 
 class RelativeAttentionCPU(torch.autograd.Function):

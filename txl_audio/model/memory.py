@@ -69,10 +69,12 @@ def update_memory(
 class Memory:
     """Per-layer memories of the same M positions of each stream (oldest first), and ``prior``: what
     the linear-prediction prior of a 16-bit head carries (the last tokens read, the coefficients of the
-    block in progress; None without a prior)."""
+    block in progress; None without a prior). ``offset``: the position of the first of them in the
+    frame their keys were rotated in (rotary attention with carried keys; see model/attention.py)."""
 
     layers: tuple[LayerMemory, ...]
     prior: PriorState | None = None
+    offset: int = 0
 
     @property
     def length(self) -> int:
@@ -87,17 +89,17 @@ class Memory:
         return Memory(tuple(LayerMemory(m.hidden[:, lo:],
                                         None if m.keys is None else m.keys[:, :, lo:],
                                         None if m.values is None else m.values[:, :, lo:])
-                            for m in self.layers), self.prior)
+                            for m in self.layers), self.prior, self.offset + lo)
 
     def hidden_only(self) -> Memory:
         """The same positions without keys and values: the next forward re-projects them."""
-        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers), self.prior)
+        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers), self.prior, self.offset)
 
     def append(self, other: Memory) -> Memory:
         """This memory followed by ``other``'s positions (hidden states only; ``other``'s prior state,
         the newer one)."""
         return Memory(tuple(LayerMemory(torch.cat([a.hidden, b.hidden], dim=1))
-                            for a, b in zip(self.layers, other.layers)), other.prior)
+                            for a, b in zip(self.layers, other.layers)), other.prior, self.offset)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Memory:
         """Hidden states moved / cast (keys and values dropped: they belong to the weights' dtype)."""
@@ -105,7 +107,8 @@ class Memory:
         if p is not None:
             p = PriorState(*(None if t is None else t.to(device) for t in
                              (p.history, p.coef, p.seen, p.resid, p.pending)))
-        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers), p)
+        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers), p,
+                      self.offset)
 
     def state(self) -> dict[str, Any]:
         """Plain data for a checkpoint: the per-layer hidden states (and the prior's state) on the CPU."""
@@ -139,7 +142,8 @@ class DecodingCache:
     the relative keys of distances 0 .. W-1, made once from the weights (relative attention only);
     ``abs_pos`` (tgt_len, D) absolute positions within a segment (absolute attention only);
     ``prior`` the linear-prediction prior's state for a 16-bit head (fixed-size buffers, updated in
-    place)."""
+    place); ``inv_freq`` the rotary frequencies (float64, rotary attention only: keys go into the ring
+    rotated at their stream positions)."""
 
     lengths: Lengths
     layers: tuple[LayerMemory, ...]
@@ -149,6 +153,7 @@ class DecodingCache:
     abs_pos: Tensor | None
     prior: PriorState | None = None
     position: int = 0
+    inv_freq: Tensor | None = None
 
     @property
     def slots(self) -> int:

@@ -45,6 +45,8 @@ from txl_audio.model.attention import (
     compute_dtype,
     distance_columns,
     relative_distances,
+    rotary_inv_freq,
+    rotary_tables,
     sdpa_backends,
     sinusoid,
 )
@@ -93,7 +95,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         c = config
         self.pre_norm = c.pre_norm
-        self.attn = MultiHeadAttention(c.d_model, c.n_head, c.d_head, c.dropatt, c.attention == "relative")
+        self.attn = MultiHeadAttention(c.d_model, c.n_head, c.d_head, c.dropatt, c.attention)
         self.attn_norm = nn.LayerNorm(c.d_model)
         self.ff = FeedForward(c.d_model, c.d_inner, c.dropout)
         self.ff_norm = nn.LayerNorm(c.d_model)
@@ -108,11 +110,13 @@ class DecoderLayer(nn.Module):
         return self.ff_norm(x + self.ff(x))
 
     def forward(
-        self, x: Tensor, past: LayerMemory | None, rel_k: Tensor | None, mask: Tensor | None
+        self, x: Tensor, past: LayerMemory | None, rel_k: Tensor | None, mask: Tensor | None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D); past: this layer's memory (M positions) or None; rel_k (H, K+1, Dh) or None;
-        mask (B|1, 1, T, K) -> output (B, T, D), keys and values (B, H, K, Dh) of all K positions.
-        The memory's keys and values are used when it carries them, else re-projected."""
+        mask (B|1, 1, T, K) or None; rope: rotary cos, sin (K, r/2) or None -> output (B, T, D), keys
+        and values (B, H, K, Dh) of all K positions. The memory's keys and values are used when it
+        carries them, else re-projected."""
         mem = None if past is None or past.hidden.shape[1] == 0 else past.hidden
         mem_kv = (past.keys, past.values) if mem is not None and past.has_kv else None
         if self.pre_norm:
@@ -122,14 +126,14 @@ class DecoderLayer(nn.Module):
             mem = None if mem is None else (mem if mem_kv is not None else self.attn_norm(mem))
         else:
             x_in = x
-        a, k, v = self.attn(x_in, mem, rel_k, mask, mem_kv)
+        a, k, v = self.attn(x_in, mem, rel_k, mask, mem_kv, rope)
         return self._finish(x, a), k, v
 
     def step(self, x: Tensor, ring: LayerMemory, slots: Tensor, rel_k: Tensor | None, dist: Tensor,
-             mask: Tensor) -> Tensor:
+             mask: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Decode x (B, n, D) over this layer's ring of keys and values (see MultiHeadAttention.step)."""
         x_in = self.attn_norm(x) if self.pre_norm else x
-        return self._finish(x, self.attn.step(x_in, ring, slots, rel_k, dist, mask))
+        return self._finish(x, self.attn.step(x_in, ring, slots, rel_k, dist, mask, rope))
 
 
 class TransformerXL(nn.Module):
@@ -143,7 +147,8 @@ class TransformerXL(nn.Module):
 
     ``attention="absolute"`` is the vanilla Transformer baseline: sinusoidal absolute positions added
     to the input (restarting at 0 in every segment) and no memory (mem_len = 0, enforced by
-    ModelConfig).
+    ModelConfig). ``attention="rotary"`` keeps the memory and replaces the relative position terms by
+    rotary positions on queries and keys (model/attention.py).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -152,6 +157,7 @@ class TransformerXL(nn.Module):
             raise ValueError(f"model.d_model must be even (sinusoid embeddings), got {config.d_model}")
         self.config = config
         self.relative = config.attention == "relative"
+        self.rotary = config.attention == "rotary"
         self._build_io()
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
@@ -337,7 +343,7 @@ class TransformerXL(nn.Module):
         M = 0 if mems is None else mems.length
         if mems is not None and len(mems.layers) != self.config.n_layer:
             raise ValueError(f"the memory holds {len(mems.layers)} layers, the model {self.config.n_layer}")
-        if M and not self.relative:
+        if M and self.config.attention == "absolute":
             raise ValueError("absolute attention has no memory: call forward with mems=None")
         if keep_kv and torch.is_grad_enabled():
             raise ValueError("keep_kv=True is for inference (torch.no_grad / inference_mode): in training "
@@ -345,13 +351,21 @@ class TransformerXL(nn.Module):
         K = M + T
         dev = tokens.device
         h = self._embed(tokens)  # (B, T, D)
-        if not self.relative:
+        if self.config.attention == "absolute":
             h = h + self._abs_pos(T, dev, h.dtype)
         h = self.drop(h)
 
         limit = self._query_limit(doc_pos, L)
-        mask = None
-        if limit is not None or self.relative:
+        mask = rope = None
+        if self.rotary:
+            # a boolean mask only where something besides causality limits a query (file starts,
+            # same_length): causality alone runs in the kernels that take no mask (see _plain_attention)
+            if limit is not None:
+                mask = attention_mask(T, K, limit, dev, dtype=torch.bool)
+            # keys carried in the memory keep the frame they were rotated in; otherwise a fresh one
+            frame = mems.offset if M and mems.layers[0].has_kv else 0
+            rope = rotary_tables(frame + torch.arange(K, device=dev), self._inv_freq(dev), compute_dtype(h))
+        elif limit is not None or self.relative:
             mask = attention_mask(T, K, limit, dev, dtype=compute_dtype(h))
         rel_k = None
         if self.relative:
@@ -364,7 +378,7 @@ class TransformerXL(nn.Module):
                 past = mems.layers[i] if M else None
                 if self.relative:
                     rel_k = layer.attn.rel_keys(pos_emb)  # (H, P, Dh)
-                out, k, v = layer(h, past, rel_k, mask)
+                out, k, v = layer(h, past, rel_k, mask, rope)
                 new.append(update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len))
                 h = out
         prior_inputs, prior = None, None
@@ -372,7 +386,14 @@ class TransformerXL(nn.Module):
             prior_inputs, prior = self.lp.context(tokens, None if mems is None else mems.prior, doc_pos)
         logits, loss, predicted, aux = self._output(self.drop(self.final_norm(h)), targets, return_logits,
                                                     prior_inputs)
-        return ModelOutput(logits, loss, Memory(tuple(new), prior), predicted, aux)
+        offset = (frame if self.rotary else 0) + K - new[0].hidden.shape[1]
+        return ModelOutput(logits, loss, Memory(tuple(new), prior, offset), predicted, aux)
+
+    def _inv_freq(self, device: torch.device) -> Tensor:
+        """The rotary frequencies (r/2,) float64 (made per call: a float64 buffer would follow a
+        model.to(bfloat16))."""
+        c = self.config
+        return rotary_inv_freq(c.rotary_dims, c.rotary_base, device)
 
     # ---- cached decoding -------------------------------------------------------------------------------
 
@@ -389,9 +410,11 @@ class TransformerXL(nn.Module):
         shape = (batch_size, c.n_head, W, c.d_head)
         layers = tuple(LayerMemory(None, torch.zeros(shape, device=p.device, dtype=dtype),
                                    torch.zeros(shape, device=p.device, dtype=dtype)) for _ in self.layers)
-        rel = abs_pos = None
+        rel = abs_pos = inv_freq = None
         with torch.no_grad():
-            if self.relative:
+            if self.rotary:
+                inv_freq = self._inv_freq(p.device)
+            elif self.relative:
                 d = torch.arange(W, device=p.device)  # distances 0 .. W-1
                 if L.clamp_len >= 0:
                     d = d.clamp(max=L.clamp_len)
@@ -418,6 +441,7 @@ class TransformerXL(nn.Module):
             rel_keys=rel,
             abs_pos=abs_pos,
             prior=prior,
+            inv_freq=inv_freq,
         )
 
     @torch.no_grad()
@@ -466,10 +490,11 @@ class TransformerXL(nn.Module):
         dtype = cache.layers[0].keys.dtype
         mask = torch.zeros((n, W), device=h.device, dtype=dtype).masked_fill_(hidden, float("-inf"))
         dist = dist.clamp(0, W - 1)
+        rope = None if cache.inv_freq is None else rotary_tables(pos, cache.inv_freq, dtype)
         with sdpa_backends(h.device):
             for i, (layer, ring) in enumerate(zip(self.layers, cache.layers)):
                 rel_k = cache.rel_keys[i] if cache.rel_keys is not None else None
-                h = layer.step(h, ring, slots, rel_k, dist, mask)
+                h = layer.step(h, ring, slots, rel_k, dist, mask, rope)
         prior_inputs = None
         if cache.prior is not None:  # the prior looks back as far as the stream goes
             capturing = h.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
