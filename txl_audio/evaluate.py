@@ -453,7 +453,12 @@ def tokenize_file(tokenizer: Any, path: str | Path) -> np.ndarray:
     ``<eos>`` per line)."""
     if tokenizer.unit == "sample":
         return np.asarray(tokenizer.encode(audio.load_audio(path))).astype(np.int64)
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    return tokenize_text(tokenizer, Path(path).read_text(encoding="utf-8", errors="replace"))
+
+
+def tokenize_text(tokenizer: Any, text: str) -> np.ndarray:
+    """Text as a text model's int64 tokens, as a text file is read for evaluation (words: one ``<eos>``
+    per line)."""
     enc = tokenizer.encode(text.splitlines() if tokenizer.unit == "word" else text)
     return np.asarray(enc).astype(np.int64)
 

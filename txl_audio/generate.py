@@ -48,7 +48,7 @@ from txl_audio.audio import SAMPLE_RATE, load_audio, save_audio
 from txl_audio.checkpoint import load_model, resolve_checkpoint
 from txl_audio.config import Lengths
 from txl_audio.decoders import make_decoder
-from txl_audio.devices import device_name, resolve_device
+from txl_audio.devices import device_name, resolve_device, torch_threads
 from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import check_sampling_args, draw, filter_logits  # noqa: F401 (public here too)
 from txl_audio.spectrogram import plot_spectrogram
@@ -193,6 +193,15 @@ def audio_prompt(tokenizer: Any, wave: np.ndarray,
     return codes, np.asarray(tokenizer.decode(codes), dtype=np.float32)
 
 
+TEXT_TOKENS = 200  # new tokens per sample of a text model unless told
+
+
+def new_token_count(audio: bool, seconds: float, tokens: int | None = None) -> int:
+    """New tokens per sample: ``tokens`` when given, else ``seconds`` of audio at 16 kHz (at least one),
+    or TEXT_TOKENS for a text model."""
+    return tokens or (max(1, round(seconds * SAMPLE_RATE)) if audio else TEXT_TOKENS)
+
+
 @dataclass
 class Generation:
     """What :func:`generate_tokens` made: the new tokens of every sample, and how long it took."""
@@ -242,11 +251,8 @@ def generate_tokens(
                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} {unit} [{elapsed}<{remaining}{postfix}]")
     out = np.zeros((num, n_new), dtype=np.int64)
     done_tokens, gen_time = 0, 0.0
-    threads_before = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or 1)
-    name = device_name(dev)
-    try:
+    with torch_threads((threads or 1) if dev.type == "cpu" else None), bar:
+        name = device_name(dev)
         for first in range(0, num, batch_size):
             b = min(batch_size, num - first)
             t0 = now(dev)
@@ -266,9 +272,6 @@ def generate_tokens(
             done_tokens += b * n_new
             if on_batch is not None:
                 on_batch(first, out[first : first + b])
-    finally:
-        bar.close()
-        torch.set_num_threads(threads_before)
     return Generation(out, gen_time, name)
 
 
@@ -332,7 +335,7 @@ def generate_files(
             prompt_tokens = _text_prompt(prompt, tokenizer)
             prompt_text = tokenizer.decode(prompt_tokens)  # what the model read (unknown words as <unk>)
     boundary = prompt_wave.size / SAMPLE_RATE
-    n_new = tokens or (max(1, round(seconds * SAMPLE_RATE)) if audio else 200)
+    n_new = new_token_count(audio, seconds, tokens)
     start = start_token(tokenizer)
     files: list[dict[str, Any]] = []
 
