@@ -43,10 +43,15 @@ _EXPORTS = {
     "load_audio": "txl_audio.audio",
     "save_audio": "txl_audio.audio",
     "prepare_audio": "txl_audio.prepare",
-    "train": "txl_audio.train",  # the module, callable as its train() (see txl_audio/train.py)
+    # the training module, callable as its train(config, out_dir): a package attribute named like a
+    # submodule becomes the submodule once anything imports it, so a function export would be replaced
+    # depending on import order; the callable module is the same object in every order
+    "train": "txl_audio.train",
     # errors
     "TxlAudioError": "txl_audio.errors",
     "ArgumentTypeError": "txl_audio.errors",
+    "ArgumentValueError": "txl_audio.errors",
+    "DeviceError": "txl_audio.devices",
     "AudioError": "txl_audio.audio",
     "CheckpointError": "txl_audio.checkpoint",
     "ConfigError": "txl_audio.config",

@@ -1,5 +1,11 @@
 """The training loop as a library function: ``train(config, out_dir, resume=False) -> TrainResult``.
 
+``config`` is a :class:`~txl_audio.config.RunConfig` (``load_config("recipes/configs/tiny_cpu.toml",
+["data.corpus=DIR"])``); ``out_dir`` receives config.toml, metrics.jsonl, curves.png, the step
+checkpoints and best.pt (what ``txl_audio.load(out_dir)`` reads); the :class:`TrainResult` says how far
+it got. ``txl-audio train`` calls it, and so does ``txl_audio.train(config, out_dir)``: see the end of
+this docstring.
+
 AdamW with linear warmup and cosine decay, gradient clipping, gradient accumulation, the Transformer-XL
 memory carried from segment to segment of each stream, periodic validation, crash-safe checkpoints that
 resume the very same run, and DistributedDataParallel when launched by ``torchrun``.
