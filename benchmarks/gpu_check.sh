@@ -72,6 +72,7 @@ if [ "$QUICK" = 1 ]; then
     MEM_ARGS=(--quick)
     CODEC_ARGS=(--quick --models tiny_cpu)
     ROTARY_ARGS=(--quick)
+    CMEM_ARGS=(--quick)
     PREFLIGHT_ARGS=(--quick)
     TRAIN_CONFIG=recipes/configs/tiny_cpu.toml  # the quickstart's QUICK=1 shrinks it to seconds
 else
@@ -81,6 +82,7 @@ else
     MEM_ARGS=(--mem-lens 0,1024,2048,4096,8192,16384)
     CODEC_ARGS=(--models tiny_cpu --config recipes/configs/lossless16_gpu.toml --batch 1 64 256 --chunk 1024)
     ROTARY_ARGS=(--dtype bf16 --mem-lens 512,2048,8192)
+    CMEM_ARGS=(--dtype bf16 --mem-lens 2048,8192)
     PREFLIGHT_ARGS=()
     TRAIN_CONFIG=recipes/configs/audio_small.toml
 fi
@@ -155,6 +157,10 @@ step codec_speed 60 $PY benchmarks/codec_speed.py --device "$DEVICE" "${CODEC_AR
 log "rotary against relative attention (issue-3 trunk, bf16): tokens/s and peak memory per token"
 step rotary_speed 90 $PY benchmarks/model_speed.py --rotary --device "$DEVICE" "${ROTARY_ARGS[@]}" \
     --out "$WORK/rotary_speed.json"
+
+log "compressive memory at the same attention cost: tokens/s and peak memory per token"
+step cmem_speed 90 $PY benchmarks/model_speed.py --cmem --device "$DEVICE" "${CMEM_ARGS[@]}" \
+    --out "$WORK/cmem_speed.json"
 
 report
 log "done"

@@ -161,6 +161,23 @@ def rotary_section(out: Path, goals: list[str]) -> list[str]:
     return lines
 
 
+def cmem_section(out: Path) -> list[str]:
+    res = _load(out / "cmem_speed.json")
+    if res is None:
+        return ["(cmem_speed.json missing)"]
+    lines = [f"issue-3 trunk, tgt_len {res['config']['tgt_len']}, batch {res['batch']}, {res['dtype']}, "
+             f"{res['machine']}: Transformer-XL with memory M against memory M/2 + M/2 compressed slots "
+             "(mean pooling) at rate 4 and 8, the same attended positions", "",
+             "| mode | M | Transformer-XL tokens/s | rate 4 tokens/s | rate 8 tokens/s | rate 4 / XL "
+             "| rate 8 / XL | peak bytes/token XL / rate 4 / rate 8 |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        peak = ("-" if "xl_peak_bytes_per_token" not in r else " / ".join(
+            f"{r[f'{k}_peak_bytes_per_token']:,.0f}" for k in ("xl", "cmem4", "cmem8")))
+        lines.append(f"| {r['mode']} | {r['mem_len']:,} | {r['xl']:,.0f} | {r['cmem4']:,.0f} "
+                     f"| {r['cmem8']:,.0f} | {r['ratio_cmem4']:.2f}x | {r['ratio_cmem8']:.2f}x | {peak} |")
+    return lines
+
+
 def memory_section(out: Path) -> list[str]:
     res = _load(out / "memory_scaling.json")
     if res is None:
@@ -256,6 +273,8 @@ def report(out: Path) -> str:
              *codec_section(out, goals), "",
              "Rotary against relative attention (benchmarks/model_speed.py --rotary):", "",
              *rotary_section(out, goals), "",
+             "Compressive memory at the same attention cost (benchmarks/model_speed.py --cmem):", "",
+             *cmem_section(out), "",
              "The quickstart recipe with this config (bundled sample, held-out speakers):", "",
              *training_section(out), "",
              "Goals:", "", *goals]

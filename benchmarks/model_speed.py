@@ -21,6 +21,12 @@ token (on CPU, ``benchmarks/memory_scaling.py --attention rotary`` measures it).
     python benchmarks/model_speed.py              # full run (a few minutes on 2 cores)
     python benchmarks/model_speed.py --quick      # tiny smoke run
     python benchmarks/model_speed.py --rotary [--device cuda] [--mem-lens 512,2048,8192]
+    python benchmarks/model_speed.py --cmem [--device cuda] [--mem-lens 512,2048]
+
+Compressive memory at equal attention cost (``--cmem``): for each mem_len M, the Transformer-XL with
+memory M against memory M/2 plus M/2 compressed slots (mean pooling) at rate 4 and at rate 8, so every
+query attends to as many positions; training and evaluation tokens/s (and peak memory on CUDA) of the
+three, steps alternating. What compression costs beyond attention: the pooling and the slots' keys.
 """
 
 from __future__ import annotations
@@ -243,8 +249,33 @@ def compare_decoding(cfg: ModelConfig, batch: int, prompt_len: int, n_new: int) 
     return res
 
 
+def compare_cmem(cfg: ModelConfig, batch: int, mem_lens: list[int], steps: int, repeats: int,
+                 device: torch.device, bf16: bool = False) -> list[dict]:
+    """Memory M against M/2 + M/2 compressed slots at rates 4 and 8 (equal attended positions)."""
+    rows = []
+    for m in mem_lens:
+        c = dataclasses.replace(cfg, mem_len=m)
+        for train in (True, False):
+            models = {}
+            for name, kw in (("xl", {}), ("cmem4", dict(mem_len=m // 2, cmem_len=m // 2, cmem_ratio=4)),
+                             ("cmem8", dict(mem_len=m // 2, cmem_len=m // 2, cmem_ratio=8))):
+                torch.manual_seed(0)
+                models[name] = TransformerXL(dataclasses.replace(c, **kw)).to(device)
+            # two segments of warm-up fill the memory; the compressed slots fill after more, so the
+            # timed steps run with them part full at first (as a stream does)
+            r = _alternate(models, c, batch, steps, repeats, train, device, bf16)
+            r.update(mem_len=m, mode="train" if train else "eval",
+                     **{f"ratio_{k}": r[k] / r["xl"] for k in ("cmem4", "cmem8")})
+            rows.append(r)
+            print(f"mem_len {m:>6} {r['mode']:<5}: xl {r['xl']:9.0f} tokens/s, mem {m // 2} + compressed "
+                  f"{m // 2} x4 {r['cmem4']:9.0f} ({r['ratio_cmem4']:.2f}x), x8 {r['cmem8']:9.0f} "
+                  f"({r['ratio_cmem8']:.2f}x)", flush=True)
+            del models
+    return rows
+
+
 def run_rotary(quick: bool, out: Path | None, threads: int, device: str, mem_lens: list[int],
-               dtype: str = "fp32") -> dict:
+               dtype: str = "fp32", compare: Callable = compare_rotary) -> dict:
     torch.set_num_threads(threads)
     dev = torch.device(device)
     cfg = dataclasses.replace(bench_config(quick), dropout=0.0)
@@ -255,7 +286,7 @@ def run_rotary(quick: bool, out: Path | None, threads: int, device: str, mem_len
                  "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda"
                  else platform.processor() or platform.machine(),
                  "date": time.strftime("%Y-%m-%d"),
-                 "rows": compare_rotary(cfg, batch, mem_lens, steps, repeats, dev, dtype == "bf16")}
+                 "rows": compare(cfg, batch, mem_lens, steps, repeats, dev, dtype == "bf16")}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2))
@@ -325,10 +356,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results file (default {RESULTS})")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--rotary", action="store_true", help="rotary against relative attention instead")
-    ap.add_argument("--mem-lens", default=None, help="--rotary: comma-separated (default 512,2048,8192)")
-    ap.add_argument("--device", default="cpu", help="--rotary: cpu or cuda")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="--rotary: bf16 = autocast")
+    ap.add_argument("--cmem", action="store_true",
+                    help="compressive memory against the same attention cost in plain memory instead")
+    ap.add_argument("--mem-lens", default=None,
+                    help="--rotary / --cmem: comma-separated (default 512,2048,8192 / 512,2048)")
+    ap.add_argument("--device", default="cpu", help="--rotary / --cmem: cpu or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="--rotary / --cmem: autocast")
     args = ap.parse_args(argv)
+    if args.cmem:
+        lens = args.mem_lens or ("32,64" if args.quick else "512,2048")
+        out = RESULTS.with_name("cmem_speed.json") if args.out == RESULTS else args.out
+        run_rotary(args.quick, out, args.threads, args.device, [int(m) for m in lens.split(",")], args.dtype,
+                   compare=compare_cmem)
+        return
     if args.rotary:
         lens = args.mem_lens or ("32,64" if args.quick else "512,2048,8192")
         mem_lens = [int(m) for m in lens.split(",")]

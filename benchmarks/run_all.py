@@ -30,9 +30,11 @@ BENCHMARKS: dict[str, list[str]] = {
     "memory_scaling": ["--quick"],
     "codec_speed": ["--quick"],
     "rotary_speed": ["--quick"],
+    "cmem_speed": ["--quick"],
 }
 # benchmarks that are a mode of another script: name -> (script, its arguments)
-SCRIPTS: dict[str, tuple[str, list[str]]] = {"rotary_speed": ("model_speed", ["--rotary"])}
+SCRIPTS: dict[str, tuple[str, list[str]]] = {"rotary_speed": ("model_speed", ["--rotary"]),
+                                             "cmem_speed": ("model_speed", ["--cmem"])}
 # the full runs' arguments where a script's own defaults are not the measurement
 FULL: dict[str, list[str]] = {
     "generate_speed": ["--models", "small", "issue3", "issue3_dual", "issue3_mixture"],
@@ -104,6 +106,11 @@ def _rows_rotary_speed(d: dict) -> list[tuple[str, float, float | str | None]]:
              1.5 if (r["mode"], r["mem_len"]) == ("eval", 8192) else None) for r in d["rows"]]
 
 
+def _rows_cmem_speed(d: dict) -> list[tuple[str, float, float | str | None]]:
+    return [(f"compressive (mem M/2 + M/2 slots x{k[-1]}) vs Transformer-XL mem M: {r['mode']} tokens/s, "
+             f"M {r['mem_len']}", r[f"ratio_{k}"], None) for r in d["rows"] for k in ("cmem4", "cmem8")]
+
+
 def _rows_memory_scaling(d: dict) -> list[tuple[str, float, float | str | None]]:
     return [
         (f"memory: exponent of peak growth in mem_len, {m} (1 = linear)", e, None)
@@ -119,6 +126,7 @@ EXTRACT = {
     "memory_scaling": _rows_memory_scaling,
     "codec_speed": _rows_codec_speed,
     "rotary_speed": _rows_rotary_speed,
+    "cmem_speed": _rows_cmem_speed,
 }
 
 

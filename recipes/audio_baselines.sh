@@ -4,10 +4,13 @@
 #   no memory        relative positions, mem_len = 0: every segment is read on its own
 #   absolute         the vanilla Transformer: absolute sinusoid positions, no memory
 #   rotary           rotary positions (RoFormer) instead of relative ones, the same memory
-# All four use the same config, seed, batches, segment length and number of steps (STEPS), so the
-# table shows what recurrence and relative positions buy. Each is evaluated on the held-out test
+#   cmem4, cmem8     compressive memory (Rae et al. 2020) at the same attention cost: memory M/2 plus
+#                    M/2 compressed slots of 4 (or 8) states each, mean pooling
+# All use the same config, seed, batches, segment length and number of steps (STEPS), so the table
+# shows what recurrence, relative positions and compression buy. Each is evaluated on the held-out test
 # speakers, every clip from an empty memory (as `txl-audio evaluate` does by default), at its training
-# lengths; then `txl-audio context` evaluates the four at several memory lengths on the same clips and
+# lengths; then `txl-audio context` evaluates them at several memory lengths on the same clips (a
+# compressive model keeps its compressed memory, so its span is memory + segment + compressed reach) and
 # draws their loss against context span and against position in the clip (nll_vs_*.png).
 #
 #   recipes/audio_baselines.sh [AUDIO_DIR]     default: the bundled sample (data/), split as the quickstart
@@ -47,12 +50,14 @@ else
 fi
 
 train_ablations "$CONFIG" "$OUT" "$STEPS" --no-progress "${@:2}"
-for v in xl no_memory absolute rotary; do
+train_compressive "$CONFIG" "$OUT" "$STEPS" --no-progress "${@:2}"
+for v in xl no_memory absolute rotary cmem4 cmem8; do
     baselines=(--no-baselines)
     [[ "$v" == xl ]] && baselines=()  # xz and bzip2 once, on the same tokens
     txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split test --no-progress ${baselines[@]+"${baselines[@]}"}
 done
-txl context "$OUT/xl" --compare "$OUT/no_memory" "$OUT/absolute" "$OUT/rotary" --corpus "$OUT/corpus" --split test \
+txl context "$OUT/xl" --compare "$OUT/no_memory" "$OUT/absolute" "$OUT/rotary" "$OUT/cmem4" "$OUT/cmem8" \
+    --corpus "$OUT/corpus" --split test \
     --mem-lens "${MEM_LENS:-0,64,256}" --no-progress --out "$OUT/context"
 
 "$PYTHON" "$ROOT/recipes/ablation_table.py" "$OUT" test

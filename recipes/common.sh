@@ -70,3 +70,24 @@ train_ablations() {
         --set model.attention=absolute
     train_run "$config" "$out/rotary" "$out/corpus" "${common[@]}" --set model.attention=rotary
 }
+
+# train_compressive CONFIG OUT STEPS [train args]: the compressive-memory variants at the Transformer-XL's
+# attention cost, into OUT/cmem4 and OUT/cmem8: the config's memory M halved, plus a compressed memory
+# of M/2 slots at rate 4 (reach M/2 + 4 x M/2) and at rate 8 (reach M/2 + 8 x M/2), so every query
+# attends to as many positions as OUT/xl's; mean pooling (no parameters of its own); the same STEPS,
+# batches and seed as train_ablations
+train_compressive() {
+    local config="$1" out="$2" steps="$3" mem half a prev="" sets=()
+    shift 3
+    for a in ${SET:-}; do sets+=("$a"); done
+    for a in "$@"; do [[ "$prev" == --set ]] && sets+=("$a"); prev="$a"; done  # the recipe's --set too
+    mem=$("$PYTHON" -c "import sys; from txl_audio.config import load_config
+print(load_config(sys.argv[1], sys.argv[2:]).model.mem_len)" "$config" ${sets[@]+"${sets[@]}"})
+    half=$((mem / 2))
+    local common=(--set "train.max_steps=$steps" --set "train.max_time=0"
+                  --set "train.eval_every=$((steps * 10))" --set "train.ckpt_every=$((steps * 10))" "$@")
+    for rate in 4 8; do
+        train_run "$config" "$out/cmem$rate" "$out/corpus" "${common[@]}" --set "model.mem_len=$half" \
+            --set "model.cmem_len=$half" --set "model.cmem_ratio=$rate"
+    done
+}

@@ -45,7 +45,7 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         tar.extractall(work, filter="data")
     for name in ("gpu_speed_small.json", "gpu_speed_base.json", "generate_speed.json", "memory_scaling.json",
-                 "codec_speed.json", "rotary_speed.json",
+                 "codec_speed.json", "rotary_speed.json", "cmem_speed.json",
                  "eval_summary.json", "metrics.jsonl", "curves.png", "generation.json", "preflight.log",
                  "cuda_tests.log", "quickstart.log", "report.md", "summary.txt"):
         assert (work / name).stat().st_size > 0, name
@@ -58,6 +58,9 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     codec_rows = json.loads((work / "codec_speed.json").read_text())["rows"]
     assert [r["batch"] for r in codec_rows] == [1, 4]
     assert all(r["decompress_samples_per_s"] > 0 for r in codec_rows)
+    cmem_rows = json.loads((work / "cmem_speed.json").read_text())["rows"]
+    assert [(r["mode"], r["mem_len"]) for r in cmem_rows] == [("train", 32), ("eval", 32), ("train", 64),
+                                                              ("eval", 64)]
     report = (out / "report.md").read_text()
     assert "missing" not in report and "not measured" not in report, report
     assert "| audio_small (fp32) | 2 x 16 | train |" in report and "| eval step |" in report

@@ -70,3 +70,26 @@ def test_two_processes_match_one(tmp_path):
     ddp2 = torchrun(longer, "--resume")
     single2 = train(longer, tmp_path / "single", resume=True, progress=False, log=lambda m: None)
     assert ddp2["losses"] == pytest.approx(single2.losses, abs=1e-5) and len(ddp2["losses"]) == 2
+
+
+def test_two_processes_match_one_with_a_trained_compression(tmp_path):
+    """A compressive model with the conv compression: the reconstruction loss (a mean per rank, equal
+    batch shares) averaged by DDP is the single process's, and the compressed memories go along."""
+    corpus = make_corpus(tmp_path / "corpus", n_train=7, length=500)
+    cfg = _config(corpus).with_overrides(["model.cmem_len=4", "model.cmem_ratio=4", "model.cmem_fn=conv"])
+    script = tmp_path / "ddp_train.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    result = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), json.dumps(cfg.to_dict()), str(tmp_path / "ddp"), str(result)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = train(cfg, tmp_path / "single", progress=False, log=lambda m: None)
+    assert json.loads(result.read_text())["losses"] == pytest.approx(single.losses, abs=1e-5)
+    a, b = model_state(tmp_path / "ddp" / "ckpt_5.pt"), model_state(single.checkpoint)
+    assert any(k.startswith("compress.") for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    state = torch.load(tmp_path / "ddp" / "ckpt_5.pt", weights_only=True)
+    assert len(state["ranks"][0]["mems"][0]["cmem_pos"]) > 0

@@ -137,6 +137,8 @@ def tiny_model(seed: int = 0, **kw):
         (dict(mem_len=0, tgt_len=6, attention="absolute"), 3),
         (dict(mem_len=6, tgt_len=4, attention="rotary"), 7),
         (dict(mem_len=3, tgt_len=5, same_length=True, attention="rotary", rotary_fraction=0.5), 12),
+        (dict(mem_len=4, tgt_len=4, cmem_len=3, cmem_ratio=2), 7),  # compressive memory
+        (dict(mem_len=4, tgt_len=4, cmem_len=2, cmem_ratio=4, attention="rotary", cmem_fn="conv"), 12),
     ],
 )
 def test_greedy_cached_equals_reference_past_the_window(config, prompt_len):
@@ -153,11 +155,15 @@ def test_greedy_cached_equals_reference_past_the_window(config, prompt_len):
     assert torch.equal(cached, reference)
 
 
-@pytest.mark.parametrize("attn", ["relative", "rotary"])
+@pytest.mark.parametrize("attn", ["relative", "rotary", "compressive"])
 def test_decoders_give_the_reference_logits_token_by_token(attn):
     from txl_audio.decoders import make_decoder
 
-    model = tiny_model(mem_len=5, tgt_len=3, init_std=0.05, attention=attn)
+    if attn == "compressive":
+        model = tiny_model(mem_len=4, tgt_len=2, init_std=0.05, cmem_len=3, cmem_ratio=2)
+    else:
+        model = tiny_model(mem_len=5, tgt_len=3, init_std=0.05, attention=attn)
+    T = model.config.tgt_len
     tokens = torch.randint(0, 32, (2, 40), generator=torch.Generator().manual_seed(1))
     logits = {}
     with torch.inference_mode():
@@ -169,8 +175,8 @@ def test_decoders_give_the_reference_logits_token_by_token(attn):
     # and the whole stream through forward() segment by segment with memory (evaluation's view)
     full, mems = [], None
     with torch.inference_mode():
-        for s in range(0, 40, 3):
-            o = model(tokens[:, s : s + 3], mems=mems)
+        for s in range(0, 40, T):
+            o = model(tokens[:, s : s + T], mems=mems)
             full.append(o.logits)
             mems = o.mems
     full = torch.cat(full, 1)[:, 6:]
@@ -393,12 +399,18 @@ def exact_fp32_matmul():
     torch.backends.cuda.matmul.allow_tf32 = before
 
 
+CUDA_GRAPH_CASES = [dict(mem_len=6, tgt_len=4), dict(mem_len=4, tgt_len=4, cmem_len=3, cmem_ratio=2)]
+
+
 @pytest.mark.cuda
 @needs_cuda
-def test_cuda_graph_decoding_equals_reference_on_gpu(exact_fp32_matmul):
+@pytest.mark.parametrize("kw", CUDA_GRAPH_CASES, ids=["plain", "compressive"])
+def test_cuda_graph_decoding_equals_reference_on_gpu(exact_fp32_matmul, kw):
+    """The graph replays the one-token step; a compressive model's compression at segment boundaries
+    runs outside it (CachedDecoder.step), at the same positions."""
     from txl_audio.generate import sample
 
-    model = tiny_model(mem_len=6, tgt_len=4).cuda()
+    model = tiny_model(**kw).cuda()
     prompt = torch.randint(0, 32, (3, 7), generator=torch.Generator().manual_seed(0)).cuda()
     graph = sample(model, prompt, 50, 0.0, decoder="cached")  # CUDA graph by default on CUDA
     eager = sample(model, prompt, 50, 0.0, decoder="cached", cuda_graph=False)

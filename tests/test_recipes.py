@@ -92,6 +92,9 @@ def test_configs_load_and_audio_base_memory_spans_over_1_5_s():
         cfg = load_config(ROOT / "recipes" / "configs" / f"{name}.toml")
         assert cfg.model.vocab_size == 256
         assert cfg.train.batch_size % cfg.train.grad_accum == 0
+    long = load_config(ROOT / "recipes" / "configs" / "audio_long_cmem.toml").model  # recipes/long_range.sh
+    assert long.mem_len / 16_000 >= 1.0 and long.cmem_len * long.cmem_ratio / 16_000 >= 3.0
+    assert (long.tgt_len + long.mem_len + long.cmem_len * long.cmem_ratio) / 16_000 > 4.0
     base = load_config(ROOT / "recipes" / "configs" / "audio_base.toml").model
     assert base.n_layer == 12 and base.d_model == 512
     assert base.tgt_len >= 2048 and base.mem_len >= 2048 and base.n_layer * base.mem_len / 16_000 > 1.5
@@ -107,15 +110,24 @@ def test_audio_baselines_end_to_end(tmp_path):
     proc = _run(["bash", "recipes/audio_baselines.sh", str(data), *TINY], env)
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]  # no header
     assert [r[1].strip() for r in rows] == ["Transformer-XL", "no memory (mem_len 0)", "absolute positions",
-                                            "rotary positions, same memory"]
+                                            "rotary positions, same memory",
+                                            "compressive, rate 4, same attention cost",
+                                            "compressive, rate 8, same attention cost"]
     assert all(0 < float(r[-3]) < 9 for r in rows)  # bits per sample, a number for each
+    assert all(float(r[8].replace(",", "")) > 0 for r in rows)  # training tokens/s
     assert "xz -9e on the same tokens" in proc.stdout
-    for run, attention, mem in (("xl", "relative", 32), ("no_memory", "relative", 0),
-                                ("absolute", "absolute", 0), ("rotary", "rotary", 32)):
+    for run, attention, mem, cmem in (("xl", "relative", 32, 0), ("no_memory", "relative", 0, 0),
+                                      ("absolute", "absolute", 0, 0), ("rotary", "rotary", 32, 0),
+                                      ("cmem4", "relative", 16, 16), ("cmem8", "relative", 16, 16)):
         cfg = (out / run / "config.toml").read_text()
         assert f'attention = "{attention}"' in cfg and f"mem_len = {mem}\n" in cfg
-        assert "max_steps = 3\n" in cfg  # equal compute: the same steps for all four
+        assert f"cmem_len = {cmem}\n" in cfg
+        assert "max_steps = 3\n" in cfg  # equal compute: the same steps for all
+    assert "cmem_ratio = 8\n" in (out / "cmem8" / "config.toml").read_text()
     span = (out / "context" / "context_span.csv").read_text()
-    assert all(str(out / run) in span for run in ("xl", "no_memory", "absolute", "rotary"))
+    assert all(str(out / run) in span for run in ("xl", "no_memory", "absolute", "rotary", "cmem4", "cmem8"))
+    # the compressive runs' span counts their compressed reach: memory + segment + 16 slots x 8
+    assert any(line.startswith(f"{out / 'cmem8'},relative,32,") and line.endswith(",16,8")
+               for line in span.splitlines())
     assert (out / "context" / "nll_vs_context.png").stat().st_size > 0
 

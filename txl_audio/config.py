@@ -31,6 +31,15 @@ else:  # pragma: no cover
 
 HEADS = ("softmax", "dual_softmax", "logistic_mixture")
 ATTENTIONS = ("relative", "rotary", "absolute")
+CMEM_FNS = ("mean", "conv")
+
+
+def _check_cmem_lengths(mem_len: int, tgt_len: int, ratio: int, prefix: str) -> None:
+    """A compressed slot summarises cmem_ratio consecutive stream positions, aligned on multiples of
+    it; states leave the memory a segment at a time, so both lengths must be multiples of the ratio."""
+    if mem_len % ratio or tgt_len % ratio:
+        raise ConfigError(f"{prefix}mem_len ({mem_len}) and {prefix}tgt_len ({tgt_len}) must be multiples of "
+                          f"model.cmem_ratio ({ratio}) with a compressed memory")
 
 
 class ConfigError(TxlAudioError, ValueError):
@@ -101,11 +110,12 @@ class Lengths:
     tgt_len: int
     clamp_len: int = -1
     same_length: bool = False
+    cmem_len: int = 0  # compressed memory slots (compressive models; 0 = none)
 
     def __post_init__(self) -> None:
-        if self.mem_len < 0 or self.tgt_len <= 0:
-            raise ValueError(f"lengths need mem_len >= 0 and tgt_len > 0, got mem_len={self.mem_len}, "
-                             f"tgt_len={self.tgt_len}")
+        if self.mem_len < 0 or self.tgt_len <= 0 or self.cmem_len < 0:
+            raise ValueError(f"lengths need mem_len >= 0, tgt_len > 0 and cmem_len >= 0, got "
+                             f"mem_len={self.mem_len}, tgt_len={self.tgt_len}, cmem_len={self.cmem_len}")
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,14 @@ class ModelConfig(_Typed):
     # below fraction x d_head (1.0: RoFormer rotates all; GPT-NeoX, Black et al. 2022, rotates 0.25)
     rotary_base: float = 10_000.0
     rotary_fraction: float = 1.0
+    # compressive memory (Rae et al. 2020): states leaving the memory are compressed, cmem_ratio of them
+    # into one slot, into a second memory of cmem_len slots that attention also reads (0 = off: the
+    # plain Transformer-XL). cmem_fn: "mean" (pooling, no parameters) or "conv" (a strided 1-D
+    # convolution per layer, trained only by the attention-reconstruction loss, weighted cmem_loss_weight)
+    cmem_len: int = 0
+    cmem_ratio: int = 4
+    cmem_fn: str = "mean"
+    cmem_loss_weight: float = 1.0
     cutoffs: tuple[int, ...] = ()  # adaptive softmax/input cluster cutoffs; () = full softmax
     div_val: int = 1  # adaptive embedding size divisor per cluster
     init_std: float = 0.02
@@ -172,6 +190,15 @@ class ModelConfig(_Typed):
                 "model.attention='absolute' is the vanilla Transformer baseline and has no recurrence "
                 f"memory: set model.mem_len=0 (got {self.mem_len})"
             )
+        if self.cmem_len < 0 or self.cmem_ratio < 1:
+            raise ConfigError(f"model.cmem_len must be >= 0 and model.cmem_ratio >= 1, got {self.cmem_len} "
+                              f"and {self.cmem_ratio}")
+        if self.cmem_fn not in CMEM_FNS:
+            raise ConfigError(f"model.cmem_fn must be one of {', '.join(CMEM_FNS)}, got {self.cmem_fn!r}")
+        if self.cmem_len and self.attention == "absolute":
+            raise ConfigError("model.cmem_len: the absolute-position baseline has no memory to compress")
+        if self.cmem_len:
+            _check_cmem_lengths(self.mem_len, self.tgt_len, self.cmem_ratio, "model.")
         for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_head", "d_inner", "tgt_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
@@ -204,6 +231,7 @@ class ModelConfig(_Typed):
         tgt_len: int | None = None,
         clamp_len: int | None = None,
         same_length: bool | None = None,
+        cmem_len: int | None = None,
     ) -> Lengths:
         """The trained lengths with the given ones replaced (None keeps the trained value), checked
         against what this architecture can do."""
@@ -212,7 +240,13 @@ class ModelConfig(_Typed):
             self.tgt_len if tgt_len is None else int(tgt_len),
             self.clamp_len if clamp_len is None else int(clamp_len),
             self.same_length if same_length is None else bool(same_length),
+            self.cmem_len if cmem_len is None else int(cmem_len),
         )
+        if new.cmem_len and not self.cmem_len:
+            raise ValueError(f"cmem_len {new.cmem_len}: this model was trained without a compressed memory "
+                             "(its compression is not defined): evaluate it with cmem_len 0")
+        if new.cmem_len:
+            _check_cmem_lengths(new.mem_len, new.tgt_len, self.cmem_ratio, "--")
         if self.attention == "rotary" and new.clamp_len >= 0:
             raise ValueError(f"clamp_len {new.clamp_len}: rotary positions have no distance embeddings to "
                              "clamp (clamp_len is for attention = 'relative')")

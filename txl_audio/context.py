@@ -75,11 +75,14 @@ class SpanPoint:
     bits: float  # per predicted token, over all tokens
     position_bits: list[float]  # per position bucket (nan where empty)
     position_tokens: list[int]
+    cmem_len: int = 0  # compressed slots (a compressive model)
+    cmem_ratio: int = 1  # positions summarised by each
 
     @property
     def span(self) -> int:
-        """The longest direct attention span of a prediction: memory plus segment."""
-        return self.mem_len + self.tgt_len
+        """The longest reach of a prediction: memory plus segment, plus what the compressed memory
+        summarises (cmem_len x cmem_ratio positions) for a compressive model."""
+        return self.mem_len + self.tgt_len + self.cmem_len * self.cmem_ratio
 
 
 @dataclass
@@ -137,12 +140,17 @@ def analyse_context(
     batch_size: int = 8,
     dtype: str = "fp32",
     progress: bool = True,
+    cmem_len: int | None = None,
 ) -> ContextCurve:
     """Evaluate ``docs`` per file at each memory length; the loss by span and by position in the file.
 
     Memory lengths past the longest file add nothing in per-file evaluation (every token already sees
     its whole file), so evaluation stops at the first one that covers every file; on a GPU, a memory
-    length that runs out of memory ends the sweep with a note ("up to what fits")."""
+    length that runs out of memory ends the sweep with a note ("up to what fits").
+
+    A compressive model keeps its compressed memory (``cmem_len`` slots, the trained number by default)
+    at every memory length that is a multiple of its ratio (others are evaluated without it, with a
+    note), and its span counts the compressed reach."""
     cfg = model.config
     max_len = max(len(d) for d in docs)
     edges = position_edges(max_len, sample_rate)
@@ -154,7 +162,12 @@ def analyse_context(
         curve.notes.append(
             f"absolute-position baseline: no memory, evaluated at its own context ({T} tokens) only"
         )
+    C = (cfg.cmem_len if cmem_len is None else int(cmem_len)) if cfg.cmem_len else 0
     for m in sorted(set(int(m) for m in mem_lens)):
+        cm = C if C and m % cfg.cmem_ratio == 0 and T % cfg.cmem_ratio == 0 else 0
+        if C and not cm:
+            curve.notes.append(f"mem_len {m}: not a multiple of cmem_ratio {cfg.cmem_ratio}, evaluated "
+                               "without the compressed memory")
         try:
             res = evaluate_tokens(
                 model,
@@ -164,6 +177,7 @@ def analyse_context(
                 mem_len=m,
                 tgt_len=T,
                 clamp_len=clamp_len if cfg.attention == "relative" else None,  # the others have no clamp
+                cmem_len=cm,
                 batch_size=batch_size,
                 dtype=dtype,
                 baselines=False,
@@ -176,7 +190,8 @@ def analyse_context(
             curve.notes.append(f"mem_len {m} did not fit in GPU memory at batch size {batch_size}; stopped")
             break
         pb = [s / n / math.log(2) if n else math.nan for s, n in zip(res.position_nll, res.position_tokens)]
-        curve.points.append(SpanPoint(m, T, res.tokens, res.bits_per_token, pb, res.position_tokens))
+        curve.points.append(SpanPoint(m, T, res.tokens, res.bits_per_token, pb, res.position_tokens, cm,
+                                      cfg.cmem_ratio))
         if m >= max_len - 2 or T >= max_len - 1:  # every prediction already sees its whole file
             rest = [x for x in mem_lens if x > m]
             if rest:
@@ -203,7 +218,9 @@ def summary_text(curves: Sequence[ContextCurve], unit: str, sample_rate: int | N
         )
         for p in sorted(c.points, key=lambda p: p.span):
             lines.append(
-                f"  mem_len {p.mem_len:>6} tgt_len {p.tgt_len:>5} (span up to {p.span:>6}): "
+                f"  mem_len {p.mem_len:>6} tgt_len {p.tgt_len:>5}"
+                + (f" cmem_len {p.cmem_len} x {p.cmem_ratio}" if p.cmem_len else "")
+                + f" (span up to {p.span:>6}): "
                 f"{p.bits:.4f} {metric} over {p.tokens:,} tokens"
             )
         eff, reached = c.effective_context()
@@ -244,10 +261,12 @@ def write_context(
     }
     with open(paths["span_csv"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["checkpoint", "attention", "mem_len", "tgt_len", "span", "tokens", "bits_per_token"])
+        w.writerow(["checkpoint", "attention", "mem_len", "tgt_len", "span", "tokens", "bits_per_token",
+                    "cmem_len", "cmem_ratio"])
         for c in curves:
             for p in c.points:
-                w.writerow([c.name, c.attention, p.mem_len, p.tgt_len, p.span, p.tokens, f"{p.bits:.6f}"])
+                w.writerow([c.name, c.attention, p.mem_len, p.tgt_len, p.span, p.tokens, f"{p.bits:.6f}",
+                            p.cmem_len, p.cmem_ratio])
     with open(paths["position_csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(

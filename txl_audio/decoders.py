@@ -57,6 +57,8 @@ class CachedDecoder:
         if not self.use_graph:
             return self.model.step(tok.view(-1, 1), self.cache).last()
         self.tok.copy_(tok.view(-1, 1))
+        # a compressive model compresses at segment boundaries, outside the graph (no-op otherwise)
+        self.model.compress_cache(self.cache)
         if self.graph is None:
             if self.eager_steps < self.EAGER_STEPS:
                 side = torch.cuda.Stream()
@@ -83,7 +85,10 @@ class ReferenceDecoder:
     memory training carried into the next segment.
 
     With mem_len = 0 the model keeps no hidden states, so the current segment's tokens are recomputed
-    from scratch every step instead (a plain segment model's decoding)."""
+    from scratch every step instead (a plain segment model's decoding).
+
+    A compressive model's context carries its compressed memory along: the states cut at a boundary
+    are compressed into it (``model.forget``), as the forward pass compresses what leaves its memory."""
 
     def __init__(self, model: TransformerXL, batch_size: int, lengths: Lengths | None = None) -> None:
         self.model = model
@@ -111,7 +116,8 @@ class ReferenceDecoder:
         if self.position % L.tgt_len == 0:  # segment boundary: keep what training kept as memory
             self.segment.clear()
             if self.context is not None:
-                self.context = self.context.last(L.mem_len)
+                # (a compressive model compresses the states that leave, as its forward pass does)
+                self.context = self.model.forget(self.context, L)
         return logits
 
     def prefill(self, tokens: Tensor) -> Predicted:

@@ -92,6 +92,7 @@ class EvalResult:
     ci_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     levels: int | None = None  # the vocabulary: 65,536 for 16-bit PCM (reported per 16-bit sample)
+    cmem_ratio: int = 1  # a compressive model's positions per compressed slot
 
     @property
     def tokens(self) -> int:
@@ -164,7 +165,10 @@ class EvalResult:
             f"{s['tokens']:,} predicted tokens{dur}",
             f"segment length (tgt_len) {L.tgt_len}, memory length (mem_len) {L.mem_len}, "
             f"clamp_len {L.clamp_len}, same_length {str(L.same_length).lower()}: each prediction attends "
-            f"to up to {L.mem_len + L.tgt_len} previous tokens of its file",
+            f"to up to {L.mem_len + L.tgt_len} previous tokens of its file"
+            + (f", and to {L.cmem_len} compressed slots of {self.cmem_ratio} tokens each before them "
+               f"(reach {L.mem_len + L.tgt_len + L.cmem_len * self.cmem_ratio} tokens)"
+               if L.cmem_len else ""),
             f"model   {s['bits_per_token']:.4f} {self.metric} over all tokens; mean over files "
             f"{s['file_mean_bits_per_token']:.4f} (95% bootstrap CI {s['file_mean_ci95'][0]:.4f}"
             f"-{s['file_mean_ci95'][1]:.4f})",
@@ -297,6 +301,7 @@ def evaluate_tokens(
     tgt_len: int | None = None,
     clamp_len: int | None = None,
     same_length: bool | None = None,
+    cmem_len: int | None = None,
     batch_size: int = 8,
     stream: bool = False,
     dtype: str = "fp32",
@@ -312,8 +317,8 @@ def evaluate_tokens(
     Per-file mode (default): every document from an empty memory, many per batch (segments aligned to
     each document's start, so the result equals evaluating each alone). ``stream=True``: the documents
     in order as one stream cut into ``batch_size`` lanes, memory carried across segments.
-    ``mem_len``, ``tgt_len``, ``clamp_len``, ``same_length``: the lengths to evaluate with (None = the
-    trained value; see ``ModelConfig.lengths``). ``position_edges``: also sum the loss by the
+    ``mem_len``, ``tgt_len``, ``clamp_len``, ``same_length``, ``cmem_len``: the lengths to evaluate with
+    (None = the trained value; see ``ModelConfig.lengths``). ``position_edges``: also sum the loss by the
     predicted token's index in its file, bucketed. ``compile``: run the model's layers through
     ``torch.compile`` (worth its start-up time on a GPU and a large split; the result equals the plain
     path up to float rounding). ``token_nll``: also return every prediction's NLL in nats
@@ -325,7 +330,7 @@ def evaluate_tokens(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if token_nll and stream:
         raise ValueError("per-token NLL is kept in per-file mode only; evaluate without stream=True")
-    L = model.config.lengths(mem_len, tgt_len, clamp_len, same_length)
+    L = model.config.lengths(mem_len, tgt_len, clamp_len, same_length, cmem_len)
     names = list(names) if names is not None else [f"doc{i}" for i in range(len(docs))]
     docs = [np.asarray(d) for d in docs]
     vocab = model.config.vocab_size
@@ -388,6 +393,7 @@ def evaluate_tokens(
         device=str(device),
         dtype=dtype,
         levels=vocab,
+        cmem_ratio=model.config.cmem_ratio,
     )
     if baselines and pcm16:
         res.extra["flac_encoder"] = flac_encoder()

@@ -289,7 +289,12 @@ def train_step(run: Run, lr: float) -> StepResult:
                 aux = 0.0
                 if out.aux_loss is not None:
                     aux = run.config.model.lp_aux_weight * out.aux_loss.float().sum()
-            ((loss + aux) * scale).backward()
+                # a trained compression learns from its attention-reconstruction loss alone (a mean
+                # per micro-batch; its gradient reaches only the compression network)
+                recon = 0.0
+                if out.cmem_loss is not None:
+                    recon = run.config.model.cmem_loss_weight * out.cmem_loss.float() / tc.grad_accum
+            ((loss + aux) * scale + recon).backward()
         run.memories[i] = out.mems
         loss_sum += loss.detach().to(torch.float64)
     procs.sum_(loss_sum)

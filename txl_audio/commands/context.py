@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated memory lengths to evaluate (default 0,256,1024,4096)",
     )
     p.add_argument("--tgt-len", type=int, default=None, help="segment length (default: each checkpoint's)")
+    p.add_argument("--cmem-len", type=int, default=None,
+                   help="compressed memory slots of compressive checkpoints (default: each one's; 0 = off)")
     p.add_argument(
         "--clamp-len",
         type=int,
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 dtype=args.dtype,
                 progress=not args.no_progress,
+                cmem_len=args.cmem_len,
             )
         )
         del model

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem-len", type=int, default=None, help="memory length (default: the checkpoint's)")
     p.add_argument("--tgt-len", type=int, default=None, help="segment length (default: the checkpoint's)")
     p.add_argument("--clamp-len", type=int, default=None, help="relative distance clamp; -1 = off")
+    p.add_argument("--cmem-len", type=int, default=None,
+                   help="compressed memory slots of a compressive model (default: the checkpoint's; 0 = off)")
     p.add_argument(
         "--same-length",
         action=argparse.BooleanOptionalAction,
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         tgt_len=args.tgt_len,
         clamp_len=args.clamp_len,
         same_length=args.same_length,
+        cmem_len=args.cmem_len,
         batch_size=args.batch_size,
         stream=args.stream,
         dtype=args.dtype,

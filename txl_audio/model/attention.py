@@ -205,6 +205,24 @@ class MultiHeadAttention(nn.Module):
 
     def project(
         self, x: Tensor, mem: Tensor | None = None, mem_kv: tuple[Tensor, Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None, cmem: Tensor | None = None,
+        cmem_rope: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`_project`, with a compressed memory's keys and values (B, H, C, Dh) in front
+        when ``cmem`` (B, C, D) is given (rotary: rotated by ``cmem_rope``, cos and sin (C, r/2))."""
+        q, k, v = self._project(x, mem, mem_kv, rope)
+        if cmem is None or cmem.shape[1] == 0:
+            return q, k, v
+        B, C, _ = cmem.shape
+        H, Dh = self.n_head, self.d_head
+        kv = F.linear(cmem, self.qkv.weight[H * Dh :]).view(B, C, 2, H, Dh)
+        kc, vc = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, H, C, Dh)
+        if cmem_rope is not None:
+            kc = apply_rotary(kc, *cmem_rope)
+        return q, torch.cat([kc.to(k.dtype), k], dim=2), torch.cat([vc.to(v.dtype), v], dim=2)
+
+    def _project(
+        self, x: Tensor, mem: Tensor | None = None, mem_kv: tuple[Tensor, Tensor] | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries for x (B, T, D); keys and values for [mem; x] (B, M+T, D). Returns q (B, T, H, Dh)
@@ -241,12 +259,15 @@ class MultiHeadAttention(nn.Module):
             k = apply_rotary(k, *rope)
         return q, k, v
 
-    def attend(self, q: Tensor, kh: Tensor, vh: Tensor, rel_k: Tensor | None, mask: Tensor | None) -> Tensor:
+    def attend(self, q: Tensor, kh: Tensor, vh: Tensor, rel_k: Tensor | None, mask: Tensor | None,
+               crel: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """q (B, T, H, Dh); kh, vh (B, H, K, Dh) for keys at consecutive positions ending at the last
         query; rel_k (H, P, Dh) for distances K-1, ..., -1, ... (relative; P = distance_columns(K));
         mask additive (B|1, 1, T, K) in the compute dtype, or
         None where causality needs no mask: T == 1 (one query over its whole context), or absolute
-        attention with T == K (SDPA's is_causal). Returns (B, T, H*Dh)."""
+        attention with T == K (SDPA's is_causal). With a compressed memory the first C keys are its
+        slots (the mask covers them too) and, relative only, ``crel`` = (relative keys (H, N, Dh) of a
+        table of N distances, index (T, C) of each query-slot distance in it). Returns (B, T, H*Dh)."""
         B, T = q.shape[:2]
         qh = q.transpose(1, 2)  # (B, H, T, Dh)
         p = self.dropatt if self.training else 0.0
@@ -258,7 +279,14 @@ class MultiHeadAttention(nn.Module):
             rel_t = rel_k.transpose(-1, -2)  # (H, Dh, P): P >= K+1 distances, see distance_columns
             K = kh.shape[2]
             needs_grad = torch.is_grad_enabled() and (qh.requires_grad or rel_k.requires_grad)
-            if needs_grad and p == 0.0 and qh.device.type == "cpu" and not torch.compiler.is_compiling():
+            if crel is not None:  # compressed slots first: their position scores gathered from a table
+                C = crel[1].shape[1]
+                by_dist = torch.matmul(qv, crel[0].transpose(-1, -2))  # (B, H, T, N)
+                bias_c = by_dist.gather(-1, crel[1].expand(B, by_dist.shape[1], T, C))  # (B, H, T, C)
+                bias = torch.cat([bias_c, rel_shift(torch.matmul(qv, rel_t), K - C)], dim=-1) + mask
+                o = F.scaled_dot_product_attention(qu, kh, vh, attn_mask=bias.to(qu.dtype), dropout_p=p,
+                                                   scale=1.0)
+            elif needs_grad and p == 0.0 and qh.device.type == "cpu" and not torch.compiler.is_compiling():
                 o = RelativeAttentionCPU.apply(qu, qv, kh, vh, rel_t[..., : K + 1], mask)
             elif needs_grad:
                 bias = rel_shift(torch.matmul(qv, rel_t), K)  # (B, H, T, K), a view
@@ -290,14 +318,19 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None,
         mem_kv: tuple[Tensor, Tensor] | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
+        cmem: Tensor | None = None,
+        cmem_rope: tuple[Tensor, Tensor] | None = None,
+        crel: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D), mem (B, M, D) or None -> output (B, T, D) (before dropout and residual) and
-        the keys and values of all K positions (B, H, K, Dh) (rotary: the keys rotated)."""
-        q, k, v = self.project(x, mem, mem_kv, rope)
-        return self.out(self.attend(q, k, v, rel_k, mask)), k, v
+        the keys and values of all K positions (B, H, K, Dh) (rotary: the keys rotated), after the
+        compressed memory's when ``cmem`` (B, C, D) is given (see project and attend)."""
+        q, k, v = self.project(x, mem, mem_kv, rope, cmem, cmem_rope)
+        return self.out(self.attend(q, k, v, rel_k, mask, crel)), k, v
 
     def step(self, x: Tensor, ring: LayerMemory, slots: Tensor, rel_k: Tensor | None, dist: Tensor,
-             mask: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+             mask: Tensor, rope: tuple[Tensor, Tensor] | None = None,
+             crel: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Decoding over a ring of W slots: x (B, n, D) are the tokens at the positions whose slots are
         ``slots`` (n,); their keys and values are written into ``ring.keys`` / ``ring.values``
         (B, H, W, Dh), then each attends to every slot. ``dist`` (n, W): distance from each query to
@@ -328,7 +361,13 @@ class MultiHeadAttention(nn.Module):
             # one product per head over the batch's queries: (H, B*n, Dh) x (H, Dh, W)
             by_dist = torch.matmul(qv.transpose(0, 1).reshape(H, B * n, Dh), rel_k.transpose(1, 2))
             by_dist = by_dist.view(H, B, n, W).transpose(0, 1)  # (B, H, n, W)
-            bias = by_dist.gather(-1, dist.expand(B, H, n, W)) + mask  # (B, H, n, W), by slot
+            bias = by_dist.gather(-1, dist.expand(B, H, n, W))  # (B, H, n, W), by slot
+            if crel is not None:
+                C = crel[1].shape[1]
+                by_c = torch.matmul(qv.transpose(0, 1).reshape(H, B * n, Dh), crel[0].transpose(1, 2))
+                by_c = by_c.view(H, B, n, -1).transpose(0, 1)  # (B, H, n, X)
+                bias = torch.cat([by_c.gather(-1, crel[1].expand(B, H, n, C)), bias], dim=-1)
+            bias = bias + mask
             o = F.scaled_dot_product_attention(qu, keys, values, attn_mask=bias.to(q.dtype), scale=1.0)
         return self.out(o.transpose(1, 2).reshape(B, n, H * Dh))  # (B, n, D)
 

@@ -21,7 +21,7 @@ Nothing here holds weights; the model owns the arithmetic (``TransformerXL.forwa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -69,12 +69,19 @@ def update_memory(
 class Memory:
     """Per-layer memories of the same M positions of each stream (oldest first), and ``prior``: what
     the linear-prediction prior of a 16-bit head carries (the last tokens read, the coefficients of the
-    block in progress; None without a prior). ``offset``: the position of the first of them in the
-    frame their keys were rotated in (rotary attention with carried keys; see model/attention.py)."""
+    block in progress; None without a prior).
+
+    ``offset``: the stream position of the first of the M positions (streams of a batch advance
+    together; rotary keys are rotated at these positions, compressed slots are aligned on them).
+    ``cmem``: a compressive model's compressed memory, per layer (B, C, D): compressed layer inputs,
+    oldest first, slot j summarising the cmem_ratio positions from ``cmem_pos[j]`` on (None: no
+    compressed memory)."""
 
     layers: tuple[LayerMemory, ...]
     prior: PriorState | None = None
     offset: int = 0
+    cmem: tuple[Tensor, ...] | None = None
+    cmem_pos: tuple[int, ...] = ()
 
     @property
     def length(self) -> int:
@@ -82,24 +89,29 @@ class Memory:
         h = self.layers[0].hidden
         return 0 if h is None else h.shape[1]
 
+    @property
+    def cmem_length(self) -> int:
+        """C: compressed slots held."""
+        return 0 if self.cmem is None else self.cmem[0].shape[1]
+
     def last(self, n: int) -> Memory:
-        """The last ``n`` positions (all when fewer are held)."""
+        """The last ``n`` positions (all when fewer are held); the compressed memory as it is."""
         keep = min(n, self.length)
         lo = self.length - keep
-        return Memory(tuple(LayerMemory(m.hidden[:, lo:],
-                                        None if m.keys is None else m.keys[:, :, lo:],
-                                        None if m.values is None else m.values[:, :, lo:])
-                            for m in self.layers), self.prior, self.offset + lo)
+        return replace(self, layers=tuple(LayerMemory(m.hidden[:, lo:],
+                                                      None if m.keys is None else m.keys[:, :, lo:],
+                                                      None if m.values is None else m.values[:, :, lo:])
+                                          for m in self.layers), offset=self.offset + lo)
 
     def hidden_only(self) -> Memory:
         """The same positions without keys and values: the next forward re-projects them."""
-        return Memory(tuple(LayerMemory(m.hidden) for m in self.layers), self.prior, self.offset)
+        return replace(self, layers=tuple(LayerMemory(m.hidden) for m in self.layers))
 
     def append(self, other: Memory) -> Memory:
         """This memory followed by ``other``'s positions (hidden states only; ``other``'s prior state,
-        the newer one)."""
-        return Memory(tuple(LayerMemory(torch.cat([a.hidden, b.hidden], dim=1))
-                            for a, b in zip(self.layers, other.layers)), other.prior, self.offset)
+        the newer one; this memory's compressed memory)."""
+        return replace(self, layers=tuple(LayerMemory(torch.cat([a.hidden, b.hidden], dim=1))
+                                          for a, b in zip(self.layers, other.layers)), prior=other.prior)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Memory:
         """Hidden states moved / cast (keys and values dropped: they belong to the weights' dtype)."""
@@ -107,15 +119,20 @@ class Memory:
         if p is not None:
             p = PriorState(*(None if t is None else t.to(device) for t in
                              (p.history, p.coef, p.seen, p.resid, p.pending)))
-        return Memory(tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype)) for m in self.layers), p,
-                      self.offset)
+        cmem = None if self.cmem is None else tuple(c.to(device=device, dtype=dtype) for c in self.cmem)
+        return replace(self, layers=tuple(LayerMemory(m.hidden.to(device=device, dtype=dtype))
+                                          for m in self.layers), prior=p, cmem=cmem)
 
     def state(self) -> dict[str, Any]:
-        """Plain data for a checkpoint: the per-layer hidden states (and the prior's state) on the CPU."""
+        """Plain data for a checkpoint: the per-layer hidden states (and the prior's state, the stream
+        position, the compressed memory) on the CPU."""
         p = self.prior
         return {"hidden": [m.hidden.detach().cpu() for m in self.layers],
                 "prior": None if p is None else {k: None if getattr(p, k) is None else getattr(p, k).cpu()
-                                                  for k in ("history", "coef", "seen", "resid", "pending")}}
+                                                  for k in ("history", "coef", "seen", "resid", "pending")},
+                "offset": self.offset,
+                "cmem": None if self.cmem is None else [c.detach().cpu() for c in self.cmem],
+                "cmem_pos": list(self.cmem_pos)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | list[Tensor], n_layer: int) -> Memory:
@@ -128,7 +145,10 @@ class Memory:
         if prior is not None:
             prior = PriorState(prior["history"], prior["coef"], prior["seen"], prior.get("resid"),
                                prior.get("pending"))
-        return cls(tuple(LayerMemory(h) for h in hidden[:n_layer]), prior)
+        extra = state if isinstance(state, dict) else {}
+        cmem = extra.get("cmem")
+        return cls(tuple(LayerMemory(h) for h in hidden[:n_layer]), prior, int(extra.get("offset", 0)),
+                   None if cmem is None else tuple(cmem), tuple(int(p) for p in extra.get("cmem_pos", ())))
 
 
 @dataclass
@@ -143,7 +163,14 @@ class DecodingCache:
     ``abs_pos`` (tgt_len, D) absolute positions within a segment (absolute attention only);
     ``prior`` the linear-prediction prior's state for a 16-bit head (fixed-size buffers, updated in
     place); ``inv_freq`` the rotary frequencies (float64, rotary attention only: keys go into the ring
-    rotated at their stream positions)."""
+    rotated at their stream positions).
+
+    A compressive model's cache also holds each layer's inputs in the ring (``layers[l].hidden``
+    (B, W, D), what is compressed when positions leave), and the compressed slots in front of the ring
+    in ``keys`` / ``values`` (B, H, C + W, Dh): ``cmem_pos`` (C,) the first stream position each
+    summarises (far in the past when empty), ``cmem_rel`` per layer (H, X, Dh) relative keys of the
+    distances x - (c-1)/2, x = 0 .. X-1 (relative attention), ``compressed_through`` the stream
+    position up to which states have been compressed (host)."""
 
     lengths: Lengths
     layers: tuple[LayerMemory, ...]
@@ -154,6 +181,14 @@ class DecodingCache:
     prior: PriorState | None = None
     position: int = 0
     inv_freq: Tensor | None = None
+    cmem_pos: Tensor | None = None
+    cmem_rel: tuple[Tensor, ...] | None = None
+    compressed_through: int = 0
+
+    @property
+    def cmem_slots(self) -> int:
+        """C: compressed slots in front of the ring (0 without a compressed memory)."""
+        return 0 if self.cmem_pos is None else self.cmem_pos.shape[0]
 
     @property
     def slots(self) -> int:

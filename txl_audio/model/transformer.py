@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from txl_audio.config import Lengths, ModelConfig
 from txl_audio.data import IGNORE_INDEX
 from txl_audio.model.attention import (
     MultiHeadAttention,
+    apply_rotary,
     attention_mask,
     compute_dtype,
     distance_columns,
@@ -50,6 +51,7 @@ from txl_audio.model.attention import (
     sdpa_backends,
     sinusoid,
 )
+from txl_audio.model.compressive import Compressor, reconstruction_loss
 from txl_audio.model.heads import (
     HALF,
     LEVEL_SPAN,
@@ -74,6 +76,9 @@ class ModelOutput:
     mems: Memory  # the memory for the next segment: the last min(M + T, mem_len) positions
     predicted: Predicted | None = None  # the head's parameters per position (with the logits)
     aux_loss: Tensor | None = None  # (B, T) the linear-prediction prior's own loss (training adds it)
+    # the compressive memory's attention-reconstruction loss (a scalar; conv compression, with gradients
+    # only), which the training loss adds with weight cmem_loss_weight
+    cmem_loss: Tensor | None = None
 
 
 class FeedForward(nn.Module):
@@ -111,12 +116,14 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x: Tensor, past: LayerMemory | None, rel_k: Tensor | None, mask: Tensor | None,
-        rope: tuple[Tensor, Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None, cmem: Tensor | None = None,
+        cmem_rope: tuple[Tensor, Tensor] | None = None, crel: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D); past: this layer's memory (M positions) or None; rel_k (H, K+1, Dh) or None;
         mask (B|1, 1, T, K) or None; rope: rotary cos, sin (K, r/2) or None -> output (B, T, D), keys
         and values (B, H, K, Dh) of all K positions. The memory's keys and values are used when it
-        carries them, else re-projected."""
+        carries them, else re-projected. ``cmem`` (B, C, D): this layer's compressed memory (its
+        inputs, compressed), attended before the memory (see MultiHeadAttention.forward)."""
         mem = None if past is None or past.hidden.shape[1] == 0 else past.hidden
         mem_kv = (past.keys, past.values) if mem is not None and past.has_kv else None
         if self.pre_norm:
@@ -124,16 +131,18 @@ class DecoderLayer(nn.Module):
             # the memory is normalized too: it is the same layer input, only from earlier positions
             # (not needed when its keys and values come along)
             mem = None if mem is None else (mem if mem_kv is not None else self.attn_norm(mem))
+            cmem = None if cmem is None else self.attn_norm(cmem)
         else:
             x_in = x
-        a, k, v = self.attn(x_in, mem, rel_k, mask, mem_kv, rope)
+        a, k, v = self.attn(x_in, mem, rel_k, mask, mem_kv, rope, cmem, cmem_rope, crel)
         return self._finish(x, a), k, v
 
     def step(self, x: Tensor, ring: LayerMemory, slots: Tensor, rel_k: Tensor | None, dist: Tensor,
-             mask: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+             mask: Tensor, rope: tuple[Tensor, Tensor] | None = None,
+             crel: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Decode x (B, n, D) over this layer's ring of keys and values (see MultiHeadAttention.step)."""
         x_in = self.attn_norm(x) if self.pre_norm else x
-        return self._finish(x, self.attn.step(x_in, ring, slots, rel_k, dist, mask, rope))
+        return self._finish(x, self.attn.step(x_in, ring, slots, rel_k, dist, mask, rope, crel))
 
 
 class TransformerXL(nn.Module):
@@ -163,6 +172,9 @@ class TransformerXL(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         # pre-norm leaves the residual stream unnormalized: one LayerNorm before the output
         self.final_norm = nn.LayerNorm(config.d_model) if config.pre_norm else nn.Identity()
+        # compressive memory: one compression per layer (model/compressive.py)
+        self.compress = (nn.ModuleList(Compressor(config.d_model, config.cmem_ratio, config.cmem_fn)
+                                       for _ in range(config.n_layer)) if config.cmem_len else None)
         self.reset_parameters()
 
     # ---- input embedding and output layer: the only places that know the vocabulary ------------------
@@ -287,6 +299,9 @@ class TransformerXL(nn.Module):
                 nn.init.normal_(p, 0.0, std)
         if self.lp is not None:
             self.lp.reset_parameters()
+        if self.compress is not None:
+            for comp in self.compress:
+                comp.reset_parameters()
         if isinstance(self.out, LogisticMixtureHead):
             self.out.reset_parameters()
             if self.lp is not None and self.lp.fitted:  # scales relative to the prior's residual level
@@ -350,44 +365,165 @@ class TransformerXL(nn.Module):
                              "the memory's keys and values are re-projected with the current weights")
         K = M + T
         dev = tokens.device
+        start = 0 if mems is None else mems.offset  # stream position of the first memory position
+        cm = mems.cmem if (mems is not None and mems.cmem is not None and L.cmem_len) else None
+        cpos = mems.cmem_pos if cm is not None else ()
+        if cm is not None and len(cpos) > L.cmem_len:  # a shorter compressed memory at evaluation
+            cm, cpos = tuple(c[:, -L.cmem_len :] for c in cm), cpos[-L.cmem_len :]
+        C = len(cpos)
         h = self._embed(tokens)  # (B, T, D)
         if self.config.attention == "absolute":
             h = h + self._abs_pos(T, dev, h.dtype)
         h = self.drop(h)
 
         limit = self._query_limit(doc_pos, L)
-        mask = rope = None
+        mask = rope = cmem_rope = crel_pos = None
+        cdtype = compute_dtype(h)
         if self.rotary:
             # a boolean mask only where something besides causality limits a query (file starts,
             # same_length): causality alone runs in the kernels that take no mask (see _plain_attention)
             if limit is not None:
                 mask = attention_mask(T, K, limit, dev, dtype=torch.bool)
-            # keys carried in the memory keep the frame they were rotated in; otherwise a fresh one
-            frame = mems.offset if M and mems.layers[0].has_kv else 0
-            rope = rotary_tables(frame + torch.arange(K, device=dev), self._inv_freq(dev), compute_dtype(h))
+            # keys carried in the memory were rotated at their stream positions, and compressed slots
+            # sit at theirs: then the frame is the stream's; otherwise positions count from the first
+            # memory position (the same scores: rotary positions are relative)
+            inv = self._inv_freq(dev)
+            frame = start if (C or (M and mems.layers[0].has_kv)) else 0
+            rope = rotary_tables(frame + torch.arange(K, device=dev), inv, cdtype)
+            if C:
+                cmem_rope = rotary_tables(self._centroids(cpos, dev), inv, cdtype)
         elif limit is not None or self.relative:
             mask = attention_mask(T, K, limit, dev, dtype=compute_dtype(h))
-        rel_k = None
+        if C and mask is not None:  # the compressed slots: hidden only behind a file start
+            mask = torch.cat([self._cmem_mask(cpos, start + M, T, doc_pos, mask.dtype, dev).expand(
+                mask.shape[0], 1, T, C), mask], dim=-1)
+        rel_k = crel = None
         if self.relative:
             d = relative_distances(K, L.clamp_len, dev, distance_columns(K, dev))
             pos_emb = self.drop(self._rel_pos(d, h.dtype))  # (P, D), P >= K+1 distances
+            if C:
+                crel_pos, crel_idx = self._cmem_distances(cpos, start + M, T, L.clamp_len, dev)
+                crel_emb = self.drop(self._rel_pos(crel_pos, h.dtype))
 
-        new = []
+        new, leaving = [], []
         with sdpa_backends(dev) if self.relative else nullcontext():
             for i, layer in enumerate(self.layers):
                 past = mems.layers[i] if M else None
                 if self.relative:
                     rel_k = layer.attn.rel_keys(pos_emb)  # (H, P, Dh)
-                out, k, v = layer(h, past, rel_k, mask, rope)
-                new.append(update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len))
+                    if C:
+                        crel = (layer.attn.rel_keys(crel_emb), crel_idx)
+                out, k, v = layer(h, past, rel_k, mask, rope, None if cm is None else cm[i], cmem_rope, crel)
+                mem_i = update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len)
+                new.append(mem_i)
+                if self.compress is not None and L.cmem_len:  # the states that left the memory
+                    seen = h.detach() if past is None else torch.cat([past.hidden, h.detach()], dim=1)
+                    leaving.append((h, seen[:, : K - mem_i.hidden.shape[1]]))
                 h = out
         prior_inputs, prior = None, None
         if self.lp is not None:  # the prior looks back no further than the file, and the tokens held
             prior_inputs, prior = self.lp.context(tokens, None if mems is None else mems.prior, doc_pos)
         logits, loss, predicted, aux = self._output(self.drop(self.final_norm(h)), targets, return_logits,
                                                     prior_inputs)
-        offset = (frame if self.rotary else 0) + K - new[0].hidden.shape[1]
-        return ModelOutput(logits, loss, Memory(tuple(new), prior, offset), predicted, aux)
+        offset = start + K - new[0].hidden.shape[1]
+        memory = Memory(tuple(new), prior, offset)
+        cmem_loss = None
+        if leaving:
+            memory, cmem_loss = self._compress_leaving(memory, cm, cpos, leaving, start, L.cmem_len)
+        return ModelOutput(logits, loss, memory, predicted, aux, cmem_loss)
+
+    # ---- compressive memory ----------------------------------------------------------------------------
+
+    def _centroids(self, cpos: tuple[int, ...] | Tensor, device: torch.device) -> Tensor:
+        """Stream positions of compressed slots (float64): the centroid of the positions each summarises."""
+        p = torch.as_tensor(cpos, dtype=torch.float64, device=device)
+        return p + (self.config.cmem_ratio - 1) / 2
+
+    @staticmethod
+    def _cmem_mask(cpos: tuple[int, ...], q0: int, T: int, doc_pos: Tensor | None, dtype: torch.dtype,
+                   device: torch.device) -> Tensor:
+        """(B|1, 1, T, C) mask of the compressed slots for queries at stream positions q0 .. q0+T-1: a
+        slot is hidden from a query iff the first position it summarises lies before the query's file
+        (same_length does not apply to them: they are the reach beyond the memory)."""
+        C = len(cpos)
+        if doc_pos is None:
+            hidden = torch.zeros(1, 1, T, C, dtype=torch.bool, device=device)
+        else:
+            back = (q0 + torch.arange(T, device=device))[:, None] - torch.as_tensor(cpos, device=device)[None]
+            hidden = (back[None] > doc_pos[:, :, None])[:, None]  # (B, 1, T, C)
+        if dtype == torch.bool:
+            return ~hidden
+        return torch.zeros((), dtype=dtype, device=device).masked_fill(hidden, float("-inf"))
+
+    def _cmem_distances(self, cpos: tuple[int, ...], q0: int, T: int, clamp_len: int,
+                        device: torch.device) -> tuple[Tensor, Tensor]:
+        """Relative attention over compressed slots: a table of N = T + (last - first slot position)
+        distances (float, from the nearest query-slot pair up) and the index (T, C) of each query-slot
+        distance in it, so one product per head gives every position score."""
+        first, last = cpos[0], cpos[-1]
+        n = T + last - first
+        nearest = q0 - last - (self.config.cmem_ratio - 1) / 2
+        d = nearest + torch.arange(n, device=device, dtype=torch.float64)
+        if clamp_len >= 0:
+            d = d.clamp(max=clamp_len)
+        idx = torch.arange(T, device=device)[:, None] + (last - torch.as_tensor(cpos, device=device))[None]
+        return d, idx
+
+    def compress_states(self, layer: int, states: Tensor) -> Tensor:
+        """A layer's inputs at whole groups of cmem_ratio positions (B, n*c, D) -> their compressed
+        slots (B, n, D), without gradient (the compressed memory carries none)."""
+        with torch.no_grad():
+            return self.compress[layer](states)
+
+    def forget(self, mems: Memory, lengths: Lengths | None = None) -> Memory:
+        """``mems`` cut to its last mem_len positions, as a segment boundary cuts the memory; a
+        compressive model compresses the positions cut into its compressed memory as its forward pass
+        does (whole groups of cmem_ratio, aligned on the stream; the oldest remainder dropped). The
+        reference decoder calls this at every boundary."""
+        L = self.config.lengths() if lengths is None else lengths
+        n_drop = mems.length - L.mem_len
+        kept = mems.last(L.mem_len)
+        if self.compress is None or not L.cmem_len or n_drop <= 0:
+            return kept
+        cm, cpos = mems.cmem, mems.cmem_pos
+        if cm is not None and len(cpos) > L.cmem_len:
+            cm, cpos = tuple(c[:, -L.cmem_len :] for c in cm), cpos[-L.cmem_len :]
+        leaving = [(m.hidden, m.hidden[:, :n_drop]) for m in mems.layers]
+        with torch.no_grad():
+            return self._compress_leaving(kept, cm, cpos, leaving, mems.offset, L.cmem_len)[0]
+
+    def _compress_leaving(self, memory: Memory, cm: tuple[Tensor, ...] | None, cpos: tuple[int, ...],
+                          leaving: list[tuple[Tensor, Tensor]], start: int, cmem_len: int,
+                          ) -> tuple[Memory, Tensor | None]:
+        """The next compressed memory: the states that left the memory (positions start ..) compressed
+        in whole groups of c (a remainder, possible only after a segment whose length is not a
+        multiple of c, is dropped: its oldest states), appended, the last cmem_len slots kept. With a
+        trainable compression under autograd, also the attention-reconstruction loss summed over
+        layers (0 times the parameters when nothing left: every parameter takes part in every step,
+        as DistributedDataParallel wants)."""
+        c = self.config.cmem_ratio
+        n_leave = leaving[0][1].shape[1]
+        groups = n_leave // c
+        r = n_leave - groups * c
+        train_fn = self.config.cmem_fn != "mean" and torch.is_grad_enabled()
+        loss = None
+        if train_fn:
+            loss = sum(p.sum() for p in self.compress.parameters()) * 0.0
+        if groups == 0:
+            return replace(memory, cmem=cm, cmem_pos=cpos), loss
+        slots = []
+        for i, (h, old) in enumerate(leaving):
+            old = old[:, r:]
+            if train_fn:
+                comp = self.compress[i](old)
+                loss = loss + reconstruction_loss(self.layers[i], h, old, comp)
+                comp = comp.detach()
+            else:
+                comp = self.compress_states(i, old)
+            comp = comp.to(old.dtype)
+            slots.append(comp if cm is None else torch.cat([cm[i], comp], dim=1)[:, -cmem_len:])
+        pos = (cpos + tuple(start + r + g * c for g in range(groups)))[-cmem_len:]
+        return replace(memory, cmem=tuple(slots), cmem_pos=pos), loss
 
     def _inv_freq(self, device: torch.device) -> Tensor:
         """The rotary frequencies (r/2,) float64 (made per call: a float64 buffer would follow a
@@ -407,10 +543,13 @@ class TransformerXL(nn.Module):
         p = next(self.parameters())  # device and dtype (word_emb has no single .weight when adaptive)
         dtype = dtype or p.dtype
         W = L.mem_len + L.tgt_len
-        shape = (batch_size, c.n_head, W, c.d_head)
-        layers = tuple(LayerMemory(None, torch.zeros(shape, device=p.device, dtype=dtype),
+        Cc = L.cmem_len if self.compress is not None else 0  # compressed slots in front of the ring
+        shape = (batch_size, c.n_head, Cc + W, c.d_head)
+        layers = tuple(LayerMemory(torch.zeros(batch_size, W, c.d_model, device=p.device, dtype=dtype) if Cc
+                                   else None,
+                                   torch.zeros(shape, device=p.device, dtype=dtype),
                                    torch.zeros(shape, device=p.device, dtype=dtype)) for _ in self.layers)
-        rel = abs_pos = inv_freq = None
+        rel = abs_pos = inv_freq = cmem_rel = None
         with torch.no_grad():
             if self.rotary:
                 inv_freq = self._inv_freq(p.device)
@@ -420,6 +559,13 @@ class TransformerXL(nn.Module):
                     d = d.clamp(max=L.clamp_len)
                 pos = self._rel_pos(d, p.dtype)  # (W, D)
                 rel = tuple(layer.attn.rel_keys(pos).to(dtype).contiguous() for layer in self.layers)
+                if Cc:  # compressed slots: distances x - (c-1)/2, x = query position - slot start
+                    x = torch.arange(W + c.cmem_ratio * Cc + 1, device=p.device, dtype=torch.float64)
+                    d = x - (c.cmem_ratio - 1) / 2
+                    if L.clamp_len >= 0:
+                        d = d.clamp(max=L.clamp_len)
+                    pos = self._rel_pos(d, p.dtype)
+                    cmem_rel = tuple(layer.attn.rel_keys(pos).to(dtype).contiguous() for layer in self.layers)
             else:
                 abs_pos = self._abs_pos(L.tgt_len, p.device, dtype)  # (tgt_len, D)
         prior = None
@@ -442,6 +588,8 @@ class TransformerXL(nn.Module):
             abs_pos=abs_pos,
             prior=prior,
             inv_freq=inv_freq,
+            cmem_pos=torch.full((Cc,), -(2**40), dtype=torch.long, device=p.device) if Cc else None,
+            cmem_rel=cmem_rel,
         )
 
     @torch.no_grad()
@@ -475,6 +623,9 @@ class TransformerXL(nn.Module):
         L = cache.lengths
         n = tokens.shape[1]
         W = cache.slots
+        Cc = cache.cmem_slots
+        if Cc and not (cache.t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            self.compress_cache(cache)  # (a captured graph never compresses: its decoder calls this)
         pos = cache.t + torch.arange(n, device=cache.t.device)  # (n,) stream positions
         slots = torch.remainder(pos, W)
         cache.slot_pos.index_copy_(0, slots, pos)
@@ -488,13 +639,22 @@ class TransformerXL(nn.Module):
             h = h + cache.abs_pos.index_select(0, torch.remainder(pos, L.tgt_len)).to(h.dtype)
         h = self.drop(h)
         dtype = cache.layers[0].keys.dtype
-        mask = torch.zeros((n, W), device=h.device, dtype=dtype).masked_fill_(hidden, float("-inf"))
+        crel_idx = None
+        if Cc:  # the compressed slots (all filled ones are in every query's past)
+            hidden = torch.cat([(cache.cmem_pos < 0)[None].expand(n, Cc), hidden], dim=1)
+            if cache.cmem_rel is not None:
+                x = pos[:, None] - cache.cmem_pos[None, :]  # (n, C)
+                crel_idx = x.clamp(0, cache.cmem_rel[0].shape[1] - 1)
+        mask = torch.zeros((n, Cc + W), device=h.device, dtype=dtype).masked_fill_(hidden, float("-inf"))
         dist = dist.clamp(0, W - 1)
         rope = None if cache.inv_freq is None else rotary_tables(pos, cache.inv_freq, dtype)
         with sdpa_backends(h.device):
             for i, (layer, ring) in enumerate(zip(self.layers, cache.layers)):
                 rel_k = cache.rel_keys[i] if cache.rel_keys is not None else None
-                h = layer.step(h, ring, slots, rel_k, dist, mask, rope)
+                if Cc:  # the layer's input, kept until it is compressed
+                    ring.hidden.index_copy_(1, slots, h.to(ring.hidden.dtype))
+                crel = None if crel_idx is None else (cache.cmem_rel[i], crel_idx)
+                h = layer.step(h, ring, slots + Cc, rel_k, dist, mask, rope, crel)
         prior_inputs = None
         if cache.prior is not None:  # the prior looks back as far as the stream goes
             capturing = h.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -510,6 +670,45 @@ class TransformerXL(nn.Module):
         _, _, predicted, _ = self._output(self.drop(self.final_norm(h)), None, True, prior_inputs,
                                           build_logits=False)
         return predicted
+
+    @torch.no_grad()
+    def compress_cache(self, cache: DecodingCache) -> None:
+        """At a segment boundary, compress the states that have left the cache's memory into its
+        compressed slots, as the forward pass does when a segment ends: the groups of cmem_ratio
+        positions below (boundary - mem_len) not compressed yet, each layer's inputs read from the ring,
+        compressed, projected to keys and values (rotary: rotated at the slot's centroid) and written
+        to slot (group index mod C). A no-op away from a boundary or when done; the decoders call it
+        before a replayed CUDA graph (which never compresses)."""
+        if not cache.cmem_slots:
+            return
+        L = cache.lengths
+        s = cache.position
+        c = self.config.cmem_ratio
+        end = s - L.mem_len
+        begin = cache.compressed_through
+        if s % L.tgt_len or end - begin < c:
+            return
+        groups = (end - begin) // c
+        starts = torch.arange(begin, begin + groups * c, c, device=cache.t.device)  # (g,)
+        positions = (starts[:, None] + torch.arange(c, device=starts.device)[None]).flatten()
+        ring = torch.remainder(positions, cache.slots)
+        cslots = torch.remainder(torch.div(starts, c, rounding_mode="floor"), cache.cmem_slots)
+        rope = None
+        if cache.inv_freq is not None:
+            rope = rotary_tables(self._centroids(starts, starts.device), cache.inv_freq,
+                                 cache.layers[0].keys.dtype)
+        for i, (layer, mem) in enumerate(zip(self.layers, cache.layers)):
+            comp = self.compress_states(i, mem.hidden.index_select(1, ring))  # (B, g, D)
+            x = layer.attn_norm(comp) if layer.pre_norm else comp
+            H, Dh = layer.attn.n_head, layer.attn.d_head
+            kv = F.linear(x, layer.attn.qkv.weight[H * Dh :]).view(x.shape[0], groups, 2, H, Dh)
+            k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, H, g, Dh)
+            if rope is not None:
+                k = apply_rotary(k, *rope)
+            mem.keys.index_copy_(2, cslots, k.to(mem.keys.dtype))
+            mem.values.index_copy_(2, cslots, v.to(mem.values.dtype))
+        cache.cmem_pos.index_copy_(0, cslots, starts)
+        cache.compressed_through = begin + groups * c
 
 
 @contextmanager
