@@ -106,6 +106,21 @@ def test_score_equals_the_evaluate_command(files, model, tmp_path, lengths):
     assert score.times[0] == 1 / 16_000 and score.times[-1] == 1599 / 16_000  # the predicted samples
 
 
+def test_score_of_a_compressive_model_equals_the_command_with_cmem_len(files, tmp_path):
+    ckpt = write_checkpoint(tmp_path / "cmem.pt", MuLawTokenizer(8), tgt_len=8, mem_len=8, cmem_len=4,
+                            cmem_ratio=2)
+    cmem = txl_audio.load(ckpt, device="cpu")
+    for flag in ([], ["--cmem-len", "0"]):
+        out = tmp_path / f"eval{len(flag)}"
+        assert main(["evaluate", str(ckpt), "--audio", str(files / "clip.wav"), "--out", str(out), "--device",
+                     "cpu", "--no-progress", "--no-baselines", *flag]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        score = cmem.score(files / "clip.wav", cmem_len=int(flag[1]) if flag else None)
+        assert score.cmem_len == (0 if flag else 4)
+        assert score.mean_bits == pytest.approx(summary["bits_per_token"], rel=1e-12)
+    assert score.mean_bits != pytest.approx(cmem.score(files / "clip.wav").mean_bits, rel=1e-6)
+
+
 def test_score_of_an_array_equals_score_of_the_file(files, model):
     """Samples at their own rate, (N, C) or (C, N), numpy or torch, are read as the file is: mixed down
     and resampled to 16 kHz with soxr."""

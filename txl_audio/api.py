@@ -112,6 +112,7 @@ class Score:
     tgt_len: int
     clamp_len: int
     same_length: bool
+    cmem_len: int  # compressed memory slots (0: none)
     device: str
     dtype: str  # "fp32", or "bf16" autocast
     seconds: float  # wall time of the model's pass
@@ -191,7 +192,8 @@ class Model:
 
     def score(self, audio: AudioSource | None = None, mem_len: int | None = None, tgt_len: int | None = None,
               sample_rate: int | None = None, *, clamp_len: int | None = None,
-              same_length: bool | None = None, text: str | None = None) -> Score:
+              same_length: bool | None = None, cmem_len: int | None = None, text: str | None = None
+              ) -> Score:
         """The model's loss on one recording, sample by sample, from an empty memory: the numbers of
         ``txl-audio evaluate CKPT --audio FILE``.
 
@@ -199,11 +201,13 @@ class Model:
         tensor, (N,) mono or 2-D multi-channel (N, C) or (C, N), floats in [-1, 1] or integer PCM, at
         ``sample_rate`` (default 16 kHz): mixed down to mono and resampled to 16 kHz with soxr as a file
         is. A text model takes a text file's path here, or the text itself as ``text=``.
-        ``mem_len``, ``tgt_len``, ``clamp_len``, ``same_length``: as the command's options (default: the
-        checkpoint's). Returns a :class:`Score`.
+        ``mem_len``, ``tgt_len``, ``clamp_len``, ``same_length``, ``cmem_len`` (a compressive model's
+        compressed slots): as the command's options (default: the checkpoint's). Returns a
+        :class:`Score`.
         """
-        for key, value in (("mem_len", mem_len), ("tgt_len", tgt_len), ("clamp_len", clamp_len)):
-            _check_int(key, value, lowest=1 if key == "tgt_len" else (-1 if key == "clamp_len" else 0))
+        for key, value, lowest in (("mem_len", mem_len, 0), ("tgt_len", tgt_len, 1),
+                                   ("clamp_len", clamp_len, -1), ("cmem_len", cmem_len, 0)):
+            _check_int(key, value, lowest)
         if text is not None:
             if self.is_audio:
                 raise type_error("text", text, "None for an audio model (give the audio first)")
@@ -223,20 +227,20 @@ class Model:
         dtype = self.dtype or "fp32"  # txl-audio evaluate's default
         res = evaluate_tokens(self.model, [tokens], [source], unit=self.tokenizer.unit, split="files",
                               mem_len=mem_len, tgt_len=tgt_len, clamp_len=clamp_len, same_length=same_length,
-                              dtype=dtype, baselines=False, sample_rate=self.sample_rate, progress=False,
-                              token_nll=True)
+                              cmem_len=cmem_len, dtype=dtype, baselines=False, sample_rate=self.sample_rate,
+                              progress=False, token_nll=True)
         f, L = res.files[0], res.lengths
         bits = f.token_nll / math.log(2)
         return Score(bits=bits, total_bits=f.nll_nats / math.log(2), mean_bits=f.bits_per_token,
                      predictions=f.tokens, unit=res.unit, metric=res.metric, sample_rate=self.sample_rate,
                      source=source, checkpoint=str(self.path), mem_len=L.mem_len, tgt_len=L.tgt_len,
-                     clamp_len=L.clamp_len, same_length=L.same_length, device=res.device, dtype=dtype,
-                     seconds=res.seconds)
+                     clamp_len=L.clamp_len, same_length=L.same_length, cmem_len=L.cmem_len,
+                     device=res.device, dtype=dtype, seconds=res.seconds)
 
     def context_curve(self, audio: AudioSource | Sequence[AudioSource],
                       mem_lens: Sequence[int] = _CONTEXT_MEM_LENS, tgt_len: int | None = None,
                       clamp_len: int | None = None, sample_rate: int | None = None,
-                      batch_size: int = 8) -> ContextCurve:
+                      batch_size: int = 8, cmem_len: int | None = None) -> ContextCurve:
         """The loss against memory length: each file evaluated from an empty memory at every
         ``mem_lens`` value, what ``txl-audio context CKPT --audio ... --mem-lens ...`` writes to
         ``context_span.csv`` and plots.
@@ -259,6 +263,7 @@ class Model:
         _check_int("tgt_len", tgt_len, lowest=1)
         _check_int("clamp_len", clamp_len, lowest=-1)
         _check_int("batch_size", batch_size, lowest=1)
+        _check_int("cmem_len", cmem_len, lowest=0)
         docs, names = [], []
         for i, s in enumerate(sources):
             if isinstance(s, (str, os.PathLike)):
@@ -272,7 +277,7 @@ class Model:
         return analyse_context(self.model, docs, names, name=str(self.path), mem_lens=mem_lens,
                                tgt_len=tgt_len, clamp_len=clamp_len, sample_rate=self.sample_rate,
                                unit=self.tokenizer.unit, batch_size=batch_size, dtype=self.dtype or "fp32",
-                               progress=False)
+                               progress=False, cmem_len=cmem_len)
 
     # ---- sampling ----------------------------------------------------------------------------------
 
