@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -165,10 +166,11 @@ def test_bad_files_are_refused_and_nothing_partial_is_left(models, tmp_path, mon
     with pytest.raises(codec.CodecError, match="not a txl-audio compressed file"):
         codec.decompress_tokens(model, tmp_path / "junk.txla")
     # another torch or device kind: refused unless forced
-    header = json.loads(data[9 : 9 + n])
+    header = json.loads(zlib.decompress(data[9 : 9 + n]))  # the header: compressed JSON
     header["torch"] = "0.0"
-    meta = json.dumps(header, sort_keys=True).encode()
-    (tmp_path / "old.txla").write_bytes(data[:4] + struct.pack("<BI", 1, len(meta)) + meta + data[9 + n :])
+    meta = zlib.compress(json.dumps(header, sort_keys=True).encode())
+    (tmp_path / "old.txla").write_bytes(data[:4] + struct.pack("<BI", codec.VERSION, len(meta)) + meta
+                                        + data[9 + n :])
     with pytest.raises(codec.CodecError, match="torch 0.0"):
         codec.decompress_tokens(model, tmp_path / "old.txla")
     assert np.array_equal(codec.decompress_tokens(model, tmp_path / "old.txla", force=True)[1], tokens)
@@ -233,3 +235,26 @@ def test_16_bit_refuses_files_it_would_change_unless_converted(models, tmp_path,
     assert main(["compress", str(models["mixture"]), str(empty), "--out", str(tmp_path / "e"),
                  "--no-progress"]) == 1
     assert "empty" in capsys.readouterr().err
+
+
+def test_codec_table_script_round_trips_and_reports_every_column(models, tmp_path, capsys):
+    """benchmarks/codec_table.py on a small 8-bit corpus: every file round-trips (else it stops), the
+    files' size includes their headers, and each column of the table is there."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _training import make_corpus
+    from codec_table import main
+
+    corpus = make_corpus(tmp_path / "corpus", n_train=1, n_valid=2, length=700)
+    out = tmp_path / "table.json"
+    assert main([str(models["mulaw"]), "--corpus", str(corpus), "--threads", "1", "--chunk", "256",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["files"] == res["files_in_split"] == 2 and res["samples"] > 0
+    assert res["txla_bits_per_sample"] > res["payload_bits_per_sample"] > 0
+    assert res["payload_bits_per_sample"] <= 1.01 * res["model_bits_per_sample"] + 64 / res["samples"]
+    assert set(res["baselines_bits_per_sample"]) >= {"xz -9e", "bzip2 -9", "FLAC -8 (codes as 8-bit PCM)"}
+    assert "round trips bit-exact" in capsys.readouterr().out

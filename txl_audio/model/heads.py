@@ -229,9 +229,14 @@ class LogisticMixtureHead(nn.Module):
         logit_pi, mu, log_s = mix.split(self.K, dim=-1)
         edges = (torch.arange(1, 256, device=mix.device, dtype=torch.float64) * 256 - HALF - 0.5) / HALF
         z = (edges[None, :, None] - mu[:, None, :]) * torch.exp(-log_s)[:, None, :]  # (N, 255, K)
-        cdf = (torch.sigmoid(z) * torch.softmax(logit_pi, -1)[:, None, :]).sum(-1)  # (N, 255)
-        zero, one = torch.zeros_like(cdf[:, :1]), torch.ones_like(cdf[:, :1])
-        return torch.diff(torch.cat([zero, cdf, one], dim=1), dim=1).clamp_min(0.0)
+        inf = torch.full_like(z[:, :1], float("inf"))
+        lower, upper = torch.cat([-inf, z], dim=1), torch.cat([z, inf], dim=1)  # (N, 256, K) bin edges
+        # each component's mass in each bin, as a difference of its CDF below its median and of its
+        # survival function above it: 1 - 1e-17 is 1 in float64, so a CDF difference in the upper tail
+        # would give a bin a sample lands in (a loud file, far above the prediction) probability 0
+        mass = torch.where(lower > 0, torch.sigmoid(-lower) - torch.sigmoid(-upper),
+                           torch.sigmoid(upper) - torch.sigmoid(lower))
+        return (mass * torch.softmax(logit_pi, -1)[:, None, :]).sum(-1).clamp_min(0.0)
 
     def fine_probs(self, params: tuple[Tensor], coarse: Tensor) -> Tensor:
         """P(low byte = f | high byte = c) (N, 256) float64: the 256 levels of bin c, normalised."""
