@@ -127,10 +127,11 @@ def compare_throughput(cfg: ModelConfig, batch: int, steps: int, repeats: int, t
 
 
 def _alternate(models: dict, cfg: ModelConfig, batch: int, steps: int, repeats: int, train: bool,
-               device: torch.device | None = None, bf16: bool = False) -> dict:
+               device: torch.device | None = None, bf16: bool = False, reach: int | None = None) -> dict:
     """Tokens/s of each model (best and median step), steps alternating between them; on CUDA also
     each one's peak memory of a step (bytes per token beyond what was allocated before it). ``bf16``:
-    every step under bfloat16 autocast."""
+    every step under bfloat16 autocast. Untimed warm-up segments first fill every model's memory
+    (``reach`` positions back: mem_len by default)."""
     device = device or torch.device("cpu")
     plain = make_train_step if train else make_eval_step
 
@@ -143,7 +144,10 @@ def _alternate(models: dict, cfg: ModelConfig, batch: int, steps: int, repeats: 
 
         return run
 
-    segs = [s.to(device) for s in _segments(cfg, batch, steps + 1)]
+    # untimed warm-up segments until the memory is full (mem_len / tgt_len of them), so the timed steps
+    # attend to all mem_len positions
+    warm = max(1, -(-(cfg.mem_len if reach is None else reach) // cfg.tgt_len))
+    segs = [s.to(device) for s in _segments(cfg, batch, steps + warm)]
     tokens = batch * cfg.tgt_len
     runners = {}
     for name, m in models.items():
@@ -161,8 +165,9 @@ def _alternate(models: dict, cfg: ModelConfig, batch: int, steps: int, repeats: 
         return time.perf_counter() - t0
 
     peaks: dict[str, int] = {}
-    for name, step in runners.items():  # warm-up step (untimed), builds the memory
-        step(segs[0])
+    for name, step in runners.items():  # warm-up steps (untimed): fill the memory
+        for seg in segs[:warm]:
+            step(seg)
         if cuda:
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
@@ -172,7 +177,7 @@ def _alternate(models: dict, cfg: ModelConfig, batch: int, steps: int, repeats: 
             peaks[name] = torch.cuda.max_memory_allocated() - base
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        for seg in segs[1:]:
+        for seg in segs[warm:]:
             for name, step in runners.items():
                 times[name].append(timed(step, seg))
     res: dict = {}
@@ -261,9 +266,8 @@ def compare_cmem(cfg: ModelConfig, batch: int, mem_lens: list[int], steps: int, 
                              ("cmem8", dict(mem_len=m // 2, cmem_len=m // 2, cmem_ratio=8))):
                 torch.manual_seed(0)
                 models[name] = TransformerXL(dataclasses.replace(c, **kw)).to(device)
-            # two segments of warm-up fill the memory; the compressed slots fill after more, so the
-            # timed steps run with them part full at first (as a stream does)
-            r = _alternate(models, c, batch, steps, repeats, train, device, bf16)
+            # warm-up until the rate-8 model's compressed memory is full too (M/2 + 8 x M/2 back)
+            r = _alternate(models, c, batch, steps, repeats, train, device, bf16, reach=m // 2 * 9)
             r.update(mem_len=m, mode="train" if train else "eval",
                      **{f"ratio_{k}": r[k] / r["xl"] for k in ("cmem4", "cmem8")})
             rows.append(r)
