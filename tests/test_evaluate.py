@@ -86,6 +86,33 @@ def test_packed_files_equal_each_file_alone(attn):
     assert abs(short.nll_nats - packed.nll_nats) > 1e-2
 
 
+@torch.no_grad()
+def full_pass_token_nll(model, doc) -> np.ndarray:
+    """Every prediction's NLL (nats) from one forward over the whole file."""
+    x = torch.as_tensor(doc, dtype=torch.long)[None]
+    return model(x[:, :-1], targets=x[:, 1:]).loss[0].double().numpy()
+
+
+@pytest.mark.parametrize("attn", ["relative", "rotary"])
+def test_per_token_nll_is_each_prediction_in_its_place(attn):
+    """token_nll=True keeps every prediction's loss where it belongs: packed files of different lengths
+    in segments with memory give, token by token, one full pass over each file alone; a short memory
+    gives other numbers at the tokens it cannot see back to (so the check can fail)."""
+    model = sharp_model(mem_len=64, tgt_len=8, attention=attn)
+    docs = random_docs([37, 50, 2, 23, 9], seed=6)
+    res = evaluate_tokens(model, docs, batch_size=2, baselines=False, progress=False, token_nll=True)
+    for f, d in zip(res.files, docs):
+        assert f.token_nll.shape == (len(d) - 1,) and f.token_nll.dtype == np.float64
+        np.testing.assert_allclose(f.token_nll, full_pass_token_nll(model, d), rtol=1e-5, atol=1e-6)
+        assert f.token_nll.sum() == pytest.approx(f.nll_nats, rel=1e-9)
+    short = evaluate_tokens(model, docs[:1], mem_len=0, batch_size=1, baselines=False, progress=False,
+                            token_nll=True)
+    differs = np.abs(short.files[0].token_nll - res.files[0].token_nll) > 1e-3
+    assert not differs[:8].any() and differs[8:].any()  # the first segment has no memory either way
+    with pytest.raises(ValueError, match="per-file"):
+        evaluate_tokens(model, docs, stream=True, baselines=False, progress=False, token_nll=True)
+
+
 @pytest.mark.parametrize("attn", ["relative", "rotary"])
 def test_length_overrides_change_context(attn):
     model = sharp_model(mem_len=0, tgt_len=8, attention=attn)

@@ -11,9 +11,11 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from txl_audio.errors import TxlAudioError
 from txl_audio.tokenizers import Tokenizer, code_counts, unigram_entropy
 
 # soundfile and librosa are dependencies, but an environment may lack them (the GPU image does):
@@ -30,7 +32,7 @@ except ImportError:  # pragma: no cover
     librosa = None
 
 
-class MissingDependency(RuntimeError):
+class MissingDependency(TxlAudioError, RuntimeError):
     """A package this needs is not installed; the message says which and how to get it."""
 
 
@@ -61,7 +63,7 @@ FULL_SCALE = 0.999
 _SAVE_SUBTYPES = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
 
 
-class AudioError(ValueError):
+class AudioError(TxlAudioError, ValueError):
     """A file that cannot be used as audio; the message names the path and the problem."""
 
 
@@ -143,33 +145,80 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
         raise AudioError(f"{path}: contains zero samples")
     if info.sample_rate <= 0:
         raise AudioError(f"{path}: invalid sample rate {info.sample_rate}")
+    return _to_mono(wave, info.sample_rate, sample_rate, str(path), info.subtype), info
+
+
+def mono_waveform(wave: Any, sample_rate: int = SAMPLE_RATE, target_rate: int = SAMPLE_RATE,
+                  name: str = "waveform") -> np.ndarray:
+    """An in-memory waveform as :func:`read_audio` turns a file's samples into the model's input: mono
+    float32 in [-1, 1] at ``target_rate`` (channels averaged, resampled with soxr's high-quality
+    filter, slight overs clipped).
+
+    ``wave``: a numpy array or torch tensor, (N,) mono or 2-D multi-channel, either (N, C) as soundfile
+    reads a file or (C, N) as torchaudio loads one: the shorter axis is taken as the channels (a square
+    array is refused). Floats are taken as they are (full scale 1.0); signed integers are scaled by
+    their full scale (int16 by 32768), as libsndfile reads integer PCM. ``sample_rate``: the rate of
+    ``wave``. ``name`` names it in errors. Raises AudioError (naming ``name``) as read_audio does for a
+    file: no samples, NaN or inf, a peak above MAX_FLOAT_PEAK, a shape or dtype that is not audio.
+    """
+    if hasattr(wave, "detach"):  # a torch tensor, on any device
+        wave = wave.detach().cpu().numpy()
+    wave = np.asarray(wave)
+    dtype = str(wave.dtype)
+    if wave.dtype.kind == "i":
+        wave = wave.astype(np.float32) / np.float32(2 ** (8 * wave.dtype.itemsize - 1))
+    elif wave.dtype.kind != "f":
+        raise AudioError(f"{name}: samples of dtype {wave.dtype} are not audio; give floats in [-1, 1] or "
+                         "signed integer PCM")
+    if wave.ndim == 1:
+        wave = wave[:, None]
+    elif wave.ndim == 2:
+        if wave.shape[0] == wave.shape[1] and wave.shape[0] > 1:
+            raise AudioError(f"{name}: shape {wave.shape} is ambiguous: which axis holds the channels? give "
+                             "(samples, channels) with more samples than channels, or a 1-D mono array")
+        if wave.shape[0] < wave.shape[1]:
+            wave = np.ascontiguousarray(wave.T)  # (C, N) -> (N, C), laid out as soundfile reads it
+    else:
+        raise AudioError(f"{name}: expected a 1-D (samples,) or 2-D (samples, channels) waveform, got shape "
+                         f"{wave.shape}")
+    if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise AudioError(f"{name}: sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    # a copy: the result is clipped in place and must not write into the caller's array
+    return _to_mono(np.array(wave, dtype=np.float32), int(sample_rate), target_rate, name, dtype)
+
+
+def _to_mono(wave: np.ndarray, rate: int, target_rate: int, name: str, subtype: str) -> np.ndarray:
+    """(N, C) float32 samples at ``rate`` -> checked mono float32 in [-1, 1] at ``target_rate``."""
+    if wave.shape[0] == 0:
+        raise AudioError(f"{name}: contains zero samples")
     finite = np.isfinite(wave)
     if not finite.all():
         n_nan = int(np.isnan(wave).sum())
         n_inf = int(wave.size - np.count_nonzero(finite)) - n_nan
         first = int(np.argmin(finite.all(axis=1)))
         raise AudioError(
-            f"{path}: {n_nan} NaN and {n_inf} infinite sample value(s), the first at "
-            f"{first / info.sample_rate:.3f} s; the file is damaged or was written from a broken computation"
+            f"{name}: {n_nan} NaN and {n_inf} infinite sample value(s), the first at "
+            f"{first / rate:.3f} s; the file is damaged or was written from a broken computation"
         )
     peak = float(np.abs(wave).max())
     if peak > MAX_FLOAT_PEAK:
         raise AudioError(
-            f"{path}: {info.subtype} samples reach {peak:.4g}, {20 * math.log10(peak):.1f} dB above full "
+            f"{name}: {subtype} samples reach {peak:.4g}, {20 * math.log10(peak):.1f} dB above full "
             f"scale (expected within [-1, 1]; up to {MAX_FLOAT_PEAK:g} is clipped); the file is probably "
             "mis-scaled: divide it by its peak or by the integer full scale (e.g. 32768) and save again"
         )
     # (N, C) -> (N,): mean over channels, the usual downmix
-    mono = wave.mean(axis=1, dtype=np.float32) if info.channels > 1 else wave[:, 0]
-    if info.sample_rate != sample_rate:
-        mono = resample(mono, info.sample_rate, sample_rate)
+    mono = wave.mean(axis=1, dtype=np.float32) if wave.shape[1] > 1 else wave[:, 0]
+    if rate != target_rate:
+        mono = resample(mono, rate, target_rate)
     # slight overs in float files, and resampling ringing next to full-scale peaks, are clipped
-    mono = np.clip(mono, -1.0, 1.0, out=np.ascontiguousarray(mono, dtype=np.float32))
-    return mono, info
+    return np.clip(mono, -1.0, 1.0, out=np.ascontiguousarray(mono, dtype=np.float32))
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono float32 waveform in [-1, 1] at ``sample_rate``; see :func:`read_audio`."""
+    """The audio file at ``path`` (any format libsndfile reads) as a mono float32 waveform (N,) in
+    [-1, 1] at ``sample_rate`` (default 16 kHz): channels averaged, resampled with soxr. A file that
+    cannot be used is an AudioError naming it; see :func:`read_audio`."""
     return read_audio(path, sample_rate)[0]
 
 

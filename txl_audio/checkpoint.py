@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from txl_audio.config import RunConfig
+from txl_audio.errors import TxlAudioError
 from txl_audio.model import TransformerXL
 from txl_audio.tokenizers import Tokenizer, tokenizer_from_dict
 
@@ -24,7 +25,7 @@ CHECKPOINT_GLOB = "ckpt_*.pt"
 _STEP_RE = re.compile(r"ckpt_(\d+)\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TxlAudioError, ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

@@ -19,6 +19,7 @@ from txl_audio.commands import (
     train,
 )
 from txl_audio.config import ConfigError
+from txl_audio.errors import TxlAudioError
 
 # subcommand -> (module in txl_audio.commands, one-line help)
 COMMANDS = {
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         # anything is written
         print(f"txl-audio {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (TxlAudioError, ValueError, FileNotFoundError, RuntimeError) as e:
         # our library raises these with messages meant for the user (path, problem, what to do)
         print(f"txl-audio {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -50,7 +50,8 @@ from tqdm import tqdm
 from txl_audio.audio import SAMPLE_RATE, AudioError, audio_info, find_audio_files, read_audio, require, sf
 from txl_audio.checkpoint import load_model, resolve_checkpoint
 from txl_audio.decoders import CachedDecoder
-from txl_audio.devices import resolve_device
+from txl_audio.devices import resolve_device, torch_threads
+from txl_audio.errors import TxlAudioError
 from txl_audio.evaluate import load_documents
 from txl_audio.generate import start_token
 from txl_audio.model import TransformerXL
@@ -64,7 +65,7 @@ DEFAULT_CHUNK = 4096  # samples per chunk: 0.26 s at 16 kHz
 DEFAULT_BATCH = 16
 
 
-class CodecError(ValueError):
+class CodecError(TxlAudioError, ValueError):
     """A file that cannot be compressed or decompressed; the message names it and says why."""
 
 
@@ -480,9 +481,7 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, unit="sample", unit_scale=True, desc=desc, disable=None if enabled else True)
 
 
-def _setup(checkpoint: str | Path, device: str, threads: int | None):
-    if threads:
-        torch.set_num_threads(threads)
+def _setup(checkpoint: str | Path, device: str) -> tuple[Path, TransformerXL, Any]:
     path = resolve_checkpoint(checkpoint)
     model, tokenizer, _ = load_model(path, resolve_device(device))
     return path, model, tokenizer
@@ -494,8 +493,21 @@ def compress_files(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
                    threads: int | None = 1, progress: bool = True) -> Report:
     """Compress audio files / folders (or a prepared corpus split) into OUT/NAME.txla, one per file,
     and OUT/compress.csv (file, samples, bytes, bits per sample in the file, the model's own code length
-    of the same chunks in bits per sample)."""
-    ckpt, model, tokenizer = _setup(checkpoint, device, threads)
+    of the same chunks in bits per sample). ``threads``: torch's CPU threads while coding (recorded in
+    each file; restored after)."""
+    with torch_threads(threads):
+        ckpt, model, tokenizer = _setup(checkpoint, device)
+        return compress_with(model, tokenizer, ckpt, inputs, out, corpus=corpus, split=split, convert=convert,
+                             chunk=chunk, batch=batch, progress=progress)
+
+
+def compress_with(model: TransformerXL, tokenizer: Any, checkpoint: str | Path, inputs: Sequence[str | Path],
+                  out: str | Path, *, corpus: str | Path | None = None, split: str = "test",
+                  convert: bool = False, chunk: int = DEFAULT_CHUNK, batch: int = DEFAULT_BATCH,
+                  progress: bool = True) -> Report:
+    """:func:`compress_files` with a model already loaded from ``checkpoint`` (the path each file records
+    for decompression), on its device, with torch's current thread count."""
+    ckpt = Path(checkpoint)
     if tokenizer.unit != "sample":
         raise CodecError(f"{ckpt}: a text model; compress codes audio")
     sixteen = sixteen_bit(model)
@@ -517,13 +529,12 @@ def compress_files(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
             for (p, doc), n in zip(jobs, names)]  # read first: a refused file stops before any writing
     bar = _bar(sum(len(t) for _, _, t in todo), "compress", progress)
     results, t0 = [], time.perf_counter()
-    try:
+    with bar:
         for src, name, tokens in todo:
             r = compress_tokens(model, tokenizer, tokens, out / f"{name}{SUFFIX}", chunk=chunk, batch=batch,
                                 source=str(src), checkpoint=str(ckpt), on_step=bar.update)
             results.append(r)
-    finally:
-        bar.close()
+    device = next(model.parameters()).device.type
     report = Report("compressed", results, out, device, torch.get_num_threads(), time.perf_counter() - t0)
     rows = "".join(f"{r.path.name},{r.samples},{r.bytes},{r.bits_per_sample:.6f},"
                    f"{r.model_bits_per_sample:.6f}\n" for r in results)
@@ -533,35 +544,43 @@ def compress_files(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
 
 def decompress_files(files: Sequence[str | Path], out: str | Path, *, checkpoint: str | Path | None = None,
                      device: str = "cpu", threads: int | None = None, force: bool = False,
-                     progress: bool = True) -> Report:
-    """Decode .txla files (or folders of them) into OUT/NAME.wav, checking each against its SHA-256."""
+                     progress: bool = True, model: tuple[TransformerXL, Any] | None = None) -> Report:
+    """Decode .txla files (or folders of them) into OUT/NAME.wav, checking each against its SHA-256.
+
+    Each file is decoded with ``checkpoint`` (default: the path it records), or with ``model``, a
+    ``(TransformerXL, tokenizer)`` already loaded (on its own device); another model's file is refused
+    either way. ``threads``: torch's CPU threads (default: as each file records; restored after)."""
     paths: list[Path] = []
     for f in map(Path, files):
         paths += sorted(f.glob(f"*{SUFFIX}")) if f.is_dir() else [f]
     headers = [read_container(p)[0] for p in paths]  # every file readable before any decoding
     models: dict[str, tuple] = {}
     out = Path(out)
+    if model is not None:
+        device = next(model[0].parameters()).device.type
     bar = _bar(sum(h.samples for h in headers), "decompress", progress)
     results, t0 = [], time.perf_counter()
-    try:
+    with torch_threads(threads), bar:
         for p, h in zip(paths, headers):
-            ckpt = checkpoint or h.extra.get("checkpoint")
-            if ckpt is None:
-                raise CodecError(f"{p}: which checkpoint made it is not recorded: pass --checkpoint")
-            if str(ckpt) not in models:
-                models[str(ckpt)] = _setup(ckpt, device, threads or h.threads)
-            _, model, tokenizer = models[str(ckpt)]
+            if model is not None:
+                net, tokenizer = model
+            else:
+                ckpt = checkpoint or h.extra.get("checkpoint")
+                if ckpt is None:
+                    raise CodecError(f"{p}: which checkpoint made it is not recorded: pass --checkpoint")
+                if str(ckpt) not in models:
+                    models[str(ckpt)] = _setup(ckpt, device)
+                _, net, tokenizer = models[str(ckpt)]
             if threads is None:
                 torch.set_num_threads(h.threads)
             t1 = time.perf_counter()
-            _, tokens = decompress_tokens(model, p, force=force, on_step=bar.update)
+            _, tokens = decompress_tokens(net, p, force=force, on_step=bar.update)
             wav = write_decoded(out / f"{p.stem}.wav", tokens, tokenizer)
             results.append(Result(wav, len(tokens), p.stat().st_size, time.perf_counter() - t1))
-    finally:
-        bar.close()
-    return Report("decompressed", results, out, device, torch.get_num_threads(), time.perf_counter() - t0)
+        n_threads = torch.get_num_threads()
+    return Report("decompressed", results, out, device, n_threads, time.perf_counter() - t0)
 
 
 __all__ = ["AudioError", "CodecError", "Header", "Report", "Result", "compress_files", "compress_tokens",
-           "decompress_files", "decompress_tokens", "file_tokens", "model_hash", "read_container",
-           "write_decoded"]
+           "compress_with", "decompress_files", "decompress_tokens", "file_tokens", "model_hash",
+           "read_container", "write_decoded"]

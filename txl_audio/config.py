@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from txl_audio.errors import TxlAudioError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -40,7 +42,7 @@ def _check_cmem_lengths(mem_len: int, tgt_len: int, ratio: int, prefix: str) -> 
                           f"model.cmem_ratio ({ratio}) with a compressed memory")
 
 
-class ConfigError(ValueError):
+class ConfigError(TxlAudioError, ValueError):
     """A config value, key or file that cannot be used; the message names it (the command exits 2)."""
 
 
@@ -118,7 +120,10 @@ class Lengths:
 
 @dataclass(frozen=True)
 class ModelConfig(_Typed):
-    """Transformer-XL hyper-parameters (names follow Dai et al. 2019)."""
+    """Transformer-XL hyper-parameters (names follow Dai et al. 2019): a frozen dataclass of typed
+    fields (``ModelConfig(vocab_size=256, n_layer=4, ...)``; a value of the wrong type is a ConfigError
+    naming the key). ``config.lengths(mem_len, tgt_len, ...)`` returns the :class:`Lengths` an evaluation
+    or decoder uses (the trained values by default)."""
 
     SECTION = "model"
 
@@ -305,6 +310,10 @@ class TrainConfig(_Typed):
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A whole run: ``model`` (:class:`ModelConfig`), ``data`` (:class:`DataConfig`) and ``train``
+    (:class:`TrainConfig`). ``to_dict()`` / ``RunConfig.from_dict(d)`` convert to and from the plain
+    dict stored in checkpoints; :func:`load_config` reads one from TOML with overrides."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -361,7 +370,9 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a TOML config (or the defaults), apply overrides, validate."""
+    """Read a TOML config (or the defaults, without ``path``), apply ``overrides``
+    (``["model.n_layer=2", ...]``), validate; returns a :class:`RunConfig`. Any problem is a
+    ConfigError naming the file, key or value."""
     d: dict[str, Any] = {}
     if path is not None:
         path = Path(path)

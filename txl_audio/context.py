@@ -87,6 +87,10 @@ class SpanPoint:
 
 @dataclass
 class ContextCurve:
+    """One checkpoint's loss against memory length (``mem_lens``, ``bits``; each :class:`SpanPoint`
+    also splits it by position in the file, over the buckets ``edges``), and notes on what was left
+    out. :func:`analyse_context` makes it; ``txl-audio context`` writes and plots it."""
+
     name: str  # the checkpoint as given on the command line
     attention: str  # "relative", "rotary" or "absolute"
     trained_mem_len: int
@@ -98,6 +102,16 @@ class ContextCurve:
     @property
     def fixed_context(self) -> bool:
         return self.attention == "absolute"
+
+    @property
+    def mem_lens(self) -> list[int]:
+        """The memory lengths evaluated, in order."""
+        return [p.mem_len for p in self.points]
+
+    @property
+    def bits(self) -> list[float]:
+        """Bits per predicted token (per sample for audio) over all files, one per memory length."""
+        return [p.bits for p in self.points]
 
     def effective_context(self, threshold: float = GAIN_THRESHOLD) -> tuple[SpanPoint | None, bool]:
         """(shortest point beyond which every longer span gains < threshold x its loss, reached?).

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from txl_audio.errors import TxlAudioError
 from txl_audio.tokenizers import token_dtype, tokenizer_from_dict
 
 if TYPE_CHECKING:  # torch is imported where batches are made (see the module docstring)
@@ -49,7 +50,7 @@ SPLITS = ("train", "valid", "test")
 IGNORE_INDEX = -100  # target of a position that predicts nothing; the model's loss is 0 there
 
 
-class CorpusError(ValueError):
+class CorpusError(TxlAudioError, ValueError):
     """A folder that is not a (complete) prepared corpus, or a request it cannot serve."""
 
 

@@ -58,6 +58,8 @@ class FileResult:
     tokens: int  # predictions (the file's length - 1)
     nll_nats: float  # summed over its predictions
     baseline_bits: dict[str, float] = field(default_factory=dict)  # code length of the same tokens
+    # with evaluate_tokens(token_nll=True): (tokens,) float64 nats, entry i = the loss of token i + 1
+    token_nll: np.ndarray | None = None
 
     @property
     def bits_per_token(self) -> float:
@@ -206,13 +208,15 @@ class EvalResult:
 
 @dataclass
 class LaneScores:
-    """Summed NLL (nats) and predictions per document of a pass over lanes, and optionally by the
-    predicted token's position in its document (bucket k: edges[k-1] <= index < edges[k])."""
+    """Summed NLL (nats) and predictions per document of a pass over lanes, optionally by the
+    predicted token's position in its document (bucket k: edges[k-1] <= index < edges[k]), and
+    optionally every prediction's own NLL (``token_nll[i][j]``: document i's token j + 1)."""
 
     nll: torch.Tensor  # (n_docs,) float64
     count: torch.Tensor  # (n_docs,) int64
     position_nll: torch.Tensor | None = None  # (n_buckets,) float64
     position_count: torch.Tensor | None = None  # (n_buckets,) int64
+    token_nll: list[torch.Tensor] | None = None  # per document: (len - 1,) float64
 
 
 @torch.inference_mode()
@@ -226,12 +230,15 @@ def score_lanes(
     position_edges: Sequence[int] | None = None,
     max_steps: int | None = None,
     on_batch: Callable[[LaneBatch], None] | None = None,
+    token_nll: bool = False,
 ) -> LaneScores:
     """Run the model over ``lanes`` batch by batch, carrying the memory along each lane, and sum the
     NLL of every predicted token into its document (0 .. n_docs - 1). The memory's keys and values go
     along with it (``keep_kv``): the weights do not change during the pass. ``max_steps`` stops early
-    (the trainer's capped validation). Used by :func:`evaluate_tokens` and the trainer's validation, so
-    both report the same numbers for the same lanes."""
+    (the trainer's capped validation). ``token_nll``: also keep every prediction's NLL, in its place in
+    its document (per-file lanes only: there ``doc_pos`` is the index in the document). Used by
+    :func:`evaluate_tokens` and the trainer's validation, so both report the same numbers for the same
+    lanes."""
     device = next(model.parameters()).device
     nll = torch.zeros(n_docs + 1, dtype=torch.float64, device=device)  # last slot: no target
     cnt = torch.zeros(n_docs + 1, dtype=torch.int64, device=device)
@@ -239,6 +246,12 @@ def score_lanes(
     n_buckets = max(len(edges) - 1, 0)
     pos_nll = torch.zeros(n_buckets + 2, dtype=torch.float64, device=device)
     pos_cnt = torch.zeros(n_buckets + 2, dtype=torch.int64, device=device)
+    if token_nll:
+        if not isinstance(lanes, FileLanes):
+            raise ValueError("per-token NLL needs per-file lanes (FileLanes: each document from its start)")
+        n_pred = [max(len(d) - 1, 0) for d in lanes.docs]  # document i's predictions
+        first = torch.tensor(np.cumsum([0, *n_pred[:-1]]), dtype=torch.int64, device=device)  # (n_docs,)
+        flat = torch.zeros(sum(n_pred) + 1, dtype=torch.float64, device=device)  # last slot: no target
     mems = None
     steps = lanes.n_steps if max_steps is None else min(max_steps, lanes.n_steps)
     for step in range(steps):
@@ -260,6 +273,10 @@ def score_lanes(
             k = torch.where(predicted, k, n_buckets + 1).reshape(-1)
             pos_nll.index_add_(0, k, loss)
             pos_cnt.index_add_(0, k, predicted.reshape(-1).long())
+        if token_nll:
+            # the prediction of token doc_pos + 1 of document doc sits at first[doc] + doc_pos
+            at = torch.where(predicted, first[doc.clamp(min=0)] + doc_pos, len(flat) - 1).reshape(-1)
+            flat.index_add_(0, at, loss)
         if on_batch is not None:
             on_batch(b)
     if device.type == "cuda":
@@ -268,6 +285,8 @@ def score_lanes(
     if n_buckets:
         # bucket k of bucketize(right=True) holds edges[k-1] <= x < edges[k]; keep the in-range ones
         scores.position_nll, scores.position_count = pos_nll[1 : n_buckets + 1], pos_cnt[1 : n_buckets + 1]
+    if token_nll:
+        scores.token_nll = list(flat[:-1].split(n_pred))
     return scores
 
 
@@ -291,6 +310,7 @@ def evaluate_tokens(
     sample_rate: int | None = None,
     progress: bool = True,
     compile: bool = False,
+    token_nll: bool = False,
 ) -> EvalResult:
     """Evaluate the model on token documents (1-D integer arrays); the model stays on its device.
 
@@ -301,12 +321,15 @@ def evaluate_tokens(
     (None = the trained value; see ``ModelConfig.lengths``). ``position_edges``: also sum the loss by the
     predicted token's index in its file, bucketed. ``compile``: run the model's layers through
     ``torch.compile`` (worth its start-up time on a GPU and a large split; the result equals the plain
-    path up to float rounding).
+    path up to float rounding). ``token_nll``: also return every prediction's NLL in nats
+    (``FileResult.token_nll``; per-file mode only), from the same pass that gives the totals.
     """
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if token_nll and stream:
+        raise ValueError("per-token NLL is kept in per-file mode only; evaluate without stream=True")
     L = model.config.lengths(mem_len, tgt_len, clamp_len, same_length, cmem_len)
     names = list(names) if names is not None else [f"doc{i}" for i in range(len(docs))]
     docs = [np.asarray(d) for d in docs]
@@ -341,13 +364,16 @@ def evaluate_tokens(
     t0 = time.perf_counter()
     with compiled_layers(model, compile):
         scores = score_lanes(model, lanes, n, L, autocast=bf16 if dtype == "bf16" else nullcontext,
-                             position_edges=position_edges, on_batch=None if bar is None else on_batch)
+                             position_edges=position_edges, on_batch=None if bar is None else on_batch,
+                             token_nll=token_nll)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     results = [FileResult(names[i], max(len(docs[i]) - 1, 0), 0.0) for i in range(len(docs))]
     for j, i in enumerate(usable):
         results[i].nll_nats = float(scores.nll[j])
+        if scores.token_nll is not None:
+            results[i].token_nll = scores.token_nll[j].cpu().numpy()
     pcm16 = unit == "sample" and vocab == PCM16_LEVELS
     if baselines and pcm16:
         for bits, i in zip(pcm16_baselines(sub, sample_rate or audio.SAMPLE_RATE), usable):
@@ -424,15 +450,23 @@ def file_documents(tokenizer: Any, paths: Sequence[str | Path]) -> tuple[list[np
             files.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
-    docs = []
-    for p in files:
-        if tokenizer.unit == "sample":
-            docs.append(np.asarray(tokenizer.encode(audio.load_audio(p))).astype(np.int64))
-        else:
-            text = p.read_text(encoding="utf-8", errors="replace")
-            enc = tokenizer.encode(text.splitlines() if tokenizer.unit == "word" else text)
-            docs.append(np.asarray(enc).astype(np.int64))
-    return docs, [str(p) for p in files]
+    return [tokenize_file(tokenizer, p) for p in files], [str(p) for p in files]
+
+
+def tokenize_file(tokenizer: Any, path: str | Path) -> np.ndarray:
+    """One file as the model's int64 tokens: audio (mono, 16 kHz, see :func:`audio.load_audio`; an
+    unusable file is an AudioError naming it) for an audio tokenizer, UTF-8 text otherwise (words: one
+    ``<eos>`` per line)."""
+    if tokenizer.unit == "sample":
+        return np.asarray(tokenizer.encode(audio.load_audio(path))).astype(np.int64)
+    return tokenize_text(tokenizer, Path(path).read_text(encoding="utf-8", errors="replace"))
+
+
+def tokenize_text(tokenizer: Any, text: str) -> np.ndarray:
+    """Text as a text model's int64 tokens, as a text file is read for evaluation (words: one ``<eos>``
+    per line)."""
+    enc = tokenizer.encode(text.splitlines() if tokenizer.unit == "word" else text)
+    return np.asarray(enc).astype(np.int64)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from txl_audio.audio import SAMPLE_RATE, load_audio, save_audio
 from txl_audio.checkpoint import load_model, resolve_checkpoint
 from txl_audio.config import Lengths
 from txl_audio.decoders import make_decoder
-from txl_audio.devices import device_name, resolve_device
+from txl_audio.devices import device_name, resolve_device, torch_threads
 from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import check_sampling_args, draw, filter_logits  # noqa: F401 (public here too)
 from txl_audio.spectrogram import plot_spectrogram
@@ -173,6 +174,107 @@ def now(device: torch.device) -> float:
 # checkpoint -> audio files
 
 
+def decoding_dtype(dtype: str | None, device: torch.device) -> str:
+    """"bf16" or "fp32" for decoding on ``device``: ``"auto"`` (or None) is bf16 on CUDA, fp32 on CPU."""
+    if dtype in (None, "auto"):
+        return "bf16" if device.type == "cuda" else "fp32"
+    if dtype not in ("bf16", "fp32"):
+        raise ValueError(f"--dtype must be bf16 or fp32, got {dtype!r}")
+    return dtype
+
+
+def audio_prompt(tokenizer: Any, wave: np.ndarray,
+                 prompt_seconds: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """A mono 16 kHz prompt as ``(codes (P,) int64, what the model heard (P,) float32)``: its first
+    ``prompt_seconds`` (None or 0: all of it), tokenized, and the codes decoded back."""
+    if prompt_seconds and prompt_seconds > 0:
+        wave = wave[: max(1, round(prompt_seconds * SAMPLE_RATE))]
+    codes = np.asarray(tokenizer.encode(wave)).astype(np.int64)
+    return codes, np.asarray(tokenizer.decode(codes), dtype=np.float32)
+
+
+TEXT_TOKENS = 200  # new tokens per sample of a text model unless told
+
+
+def new_token_count(audio: bool, seconds: float, tokens: int | None = None) -> int:
+    """New tokens per sample: ``tokens`` when given, else ``seconds`` of audio at 16 kHz (at least one),
+    or TEXT_TOKENS for a text model."""
+    return tokens or (max(1, round(seconds * SAMPLE_RATE)) if audio else TEXT_TOKENS)
+
+
+@dataclass
+class Generation:
+    """What :func:`generate_tokens` made: the new tokens of every sample, and how long it took."""
+
+    tokens: np.ndarray  # (num, n_new) int64
+    seconds: float  # wall time of the sampling, device work included
+    device_name: str  # the card, or the CPU and the threads it decoded with
+
+
+def generate_tokens(
+    model: TransformerXL,
+    tokenizer: Any,
+    n_new: int,
+    num: int,
+    batch_size: int = 8,
+    prompt_tokens: np.ndarray | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    show_progress: bool | None = None,
+    on_batch: Callable[[int, np.ndarray], None] | None = None,
+) -> Generation:
+    """``num`` samples of ``n_new`` new tokens each, ``batch_size`` streams at a time, continuing
+    ``prompt_tokens`` (P,) (or the tokenizer's start token: silence, or a line end); returns them as a
+    :class:`Generation`, tokens (num, n_new) int64.
+
+    One ``torch.Generator`` seeded with ``seed`` draws every batch in turn, so the same seed and batch
+    size give the same tokens. ``threads``: CPU threads while decoding (default 1: one token at a time is
+    a chain of tiny ops; more threads rarely help and on a busy machine make it many times slower).
+    ``on_batch(first, tokens (b, n_new))`` is called after each batch (``first``: its first sample's
+    index). ``txl-audio generate`` (:func:`generate_files`) and ``txl_audio.load(...).generate`` both
+    call this.
+    """
+    dev = _device(model)
+    audio = tokenizer.unit == "sample"
+    prompt = None
+    if prompt_tokens is not None:
+        prompt = torch.from_numpy(np.asarray(prompt_tokens, dtype=np.int64)).unsqueeze(0)  # (1, P)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    start = start_token(tokenizer)
+    per_unit = SAMPLE_RATE if audio else 1  # the bar counts seconds of audio, or tokens
+    bar = tqdm(total=round(num * n_new / per_unit, 3), unit="s" if audio else "tok",
+               desc="generated audio" if audio else "generated text",
+               disable=None if show_progress is None else not show_progress,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} {unit} [{elapsed}<{remaining}{postfix}]")
+    out = np.zeros((num, n_new), dtype=np.int64)
+    done_tokens, gen_time = 0, 0.0
+    with torch_threads((threads or 1) if dev.type == "cpu" else None), bar:
+        name = device_name(dev)
+        for first in range(0, num, batch_size):
+            b = min(batch_size, num - first)
+            t0 = now(dev)
+
+            def progress(n: int, b=b, t0=t0, done=done_tokens, spent=gen_time) -> None:
+                total = done + b * n
+                bar.n = round(total / per_unit, 3)
+                rate = total / max(spent + time.perf_counter() - t0, 1e-9)
+                bar.set_postfix_str(f"{rate / SAMPLE_RATE:.3f}x real time" if audio else f"{rate:,.0f} tok/s",
+                                    refresh=False)
+                bar.refresh()
+
+            new = sample(model, prompt, n_new, temperature, top_k, top_p, generator,
+                         batch_size=b, start_token=start, progress=progress)
+            out[first : first + b] = new.cpu().numpy()
+            gen_time += now(dev) - t0
+            done_tokens += b * n_new
+            if on_batch is not None:
+                on_batch(first, out[first : first + b])
+    return Generation(out, gen_time, name)
+
+
 def generate_files(
     checkpoint: str,
     out_dir: str,
@@ -203,8 +305,8 @@ def generate_files(
     Speed is reported as tokens (samples) per second of generation, all streams together and per
     stream, and for audio as the real-time factor: samples per second / 16,000, above 1 = faster than
     real time. ``dtype="bf16"`` runs a bf16 copy of the weights and cache (no autocast: nothing to cast
-    per step). ``threads``: CPU threads while decoding; default 1 (one token at a time is a chain of
-    tiny ops: more threads rarely help and, on a busy machine, make it many times slower).
+    per step). ``threads``: CPU threads while decoding; default 1 (see :func:`generate_tokens`, which
+    does the sampling).
     """
     check_sampling_args(temperature, top_k, top_p)
     for name, value in (("seconds", seconds), ("num", num), ("batch_size", batch_size)):
@@ -213,10 +315,7 @@ def generate_files(
     if tokens is not None and tokens <= 0:
         raise ValueError(f"--tokens must be positive, got {tokens}")
     dev = resolve_device(device)
-    if dtype == "auto":
-        dtype = "bf16" if dev.type == "cuda" else "fp32"
-    if dtype not in ("bf16", "fp32"):
-        raise ValueError(f"--dtype must be bf16 or fp32, got {dtype!r}")
+    dtype = decoding_dtype(dtype, dev)
     ckpt_path = resolve_checkpoint(checkpoint)
     model, tokenizer, run_config = load_model(ckpt_path, dev)
     if dtype == "bf16":
@@ -231,62 +330,31 @@ def generate_files(
     if prompt is not None:
         if audio:
             wave = load_audio(prompt, SAMPLE_RATE)  # resampled to 16 kHz, mono
-            if prompt_seconds and prompt_seconds > 0:
-                wave = wave[: max(1, round(prompt_seconds * SAMPLE_RATE))]
-            codes = np.asarray(tokenizer.encode(wave)).astype(np.int64)
-            prompt_wave = np.asarray(tokenizer.decode(codes), dtype=np.float32)  # what the model heard
+            prompt_tokens, prompt_wave = audio_prompt(tokenizer, wave, prompt_seconds)  # wave: what it heard
         else:
-            codes = _text_prompt(prompt, tokenizer)
-            prompt_text = tokenizer.decode(codes)  # what the model read (unknown words as <unk>)
-        prompt_tokens = torch.from_numpy(codes).unsqueeze(0)  # (1, P)
+            prompt_tokens = _text_prompt(prompt, tokenizer)
+            prompt_text = tokenizer.decode(prompt_tokens)  # what the model read (unknown words as <unk>)
     boundary = prompt_wave.size / SAMPLE_RATE
-    n_new = tokens or (max(1, round(seconds * SAMPLE_RATE)) if audio else 200)
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    n_new = new_token_count(audio, seconds, tokens)
     start = start_token(tokenizer)
+    files: list[dict[str, Any]] = []
 
-    per_unit = SAMPLE_RATE if audio else 1  # the bar counts seconds of audio, or tokens
-    bar = tqdm(total=round(num * n_new / per_unit, 3), unit="s" if audio else "tok",
-               desc="generated audio" if audio else "generated text",
-               disable=None if show_progress is None else not show_progress,
-               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} {unit} [{elapsed}<{remaining}{postfix}]")
-    files, done_tokens, gen_time = [], 0, 0.0
-    threads_before = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or 1)
-    name = device_name(dev)
-    try:
-        for first in range(0, num, batch_size):
-            b = min(batch_size, num - first)
-            t0 = now(dev)
+    def write(first: int, new: np.ndarray) -> None:
+        for j in range(len(new)):
+            stem = f"sample_{first + j:03d}"
+            if audio:
+                files.append(_write_audio(out, stem, prompt_wave, tokenizer.decode(new[j]), plots,
+                                          f"{ckpt_path.name}, T={temperature}",
+                                          boundary if prompt is not None else None))
+            else:
+                path = out / f"{stem}.txt"
+                path.write_text(prompt_text + tokenizer.decode(new[j]), encoding="utf-8")
+                files.append({"txt": path.name, "tokens": int(n_new)})
 
-            def progress(n: int, b=b, t0=t0, done=done_tokens, spent=gen_time) -> None:
-                total = done + b * n
-                bar.n = round(total / per_unit, 3)
-                rate = total / max(spent + time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"{rate / SAMPLE_RATE:.3f}x real time" if audio else f"{rate:,.0f} tok/s",
-                                    refresh=False)
-                bar.refresh()
-
-            new = sample(model, prompt_tokens, n_new, temperature, top_k, top_p, generator,
-                         batch_size=b, start_token=start, progress=progress)
-            new = new.cpu().numpy()
-            gen_time += now(dev) - t0
-            done_tokens += b * n_new
-            for j in range(b):
-                stem = f"sample_{first + j:03d}"
-                if audio:
-                    files.append(_write_audio(out, stem, prompt_wave, tokenizer.decode(new[j]), plots,
-                                              f"{ckpt_path.name}, T={temperature}",
-                                              boundary if prompt is not None else None))
-                else:
-                    path = out / f"{stem}.txt"
-                    path.write_text(prompt_text + tokenizer.decode(new[j]), encoding="utf-8")
-                    files.append({"txt": path.name, "tokens": int(n_new)})
-    finally:
-        bar.close()
-        torch.set_num_threads(threads_before)
-
-    rate = done_tokens / gen_time
+    gen = generate_tokens(model, tokenizer, n_new, num, batch_size, prompt_tokens, temperature, top_k, top_p,
+                          seed, threads, show_progress, on_batch=write)
+    gen_time, name = gen.seconds, gen.device_name
+    rate = num * n_new / gen_time
     streams = min(batch_size, num)
     report = {
         "checkpoint": str(ckpt_path),
@@ -334,9 +402,15 @@ def _text_prompt(path: str, tokenizer: Any) -> np.ndarray:
         raise FileNotFoundError(f"{path}: prompt file not found") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: the prompt of a text model must be UTF-8 text ({e})") from None
+    return text_prompt(tokenizer, text, f"{path}: the prompt file")
+
+
+def text_prompt(tokenizer: Any, text: str, name: str = "the prompt") -> np.ndarray:
+    """A text prompt as the model's int64 tokens (words: one <eos> per line, as in preparation); an
+    empty one is a ValueError naming ``name``."""
     codes = np.asarray(tokenizer.encode(text)).astype(np.int64)
     if codes.size == 0:
-        raise ValueError(f"{path}: the prompt file is empty")
+        raise ValueError(f"{name} is empty")
     return codes
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from txl_audio.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, find_audio_files, read_audio
 from txl_audio.data import SPLITS, CorpusWriter, check_replaceable
+from txl_audio.errors import TxlAudioError
 from txl_audio.tokenizers import AUDIO_TOKENIZERS, ByteTokenizer, WordTokenizer, make_tokenizer
 
 # Speech Commands names files SPEAKER_nohash_N.wav, SPEAKER being 8 hex digits
@@ -32,7 +33,7 @@ TEXT_FORMATS = ("words", "bytes", "enwik8", "text8")
 STANDARD_SPLIT = (90_000_000, 5_000_000, 5_000_000)
 
 
-class PrepareError(ValueError):
+class PrepareError(TxlAudioError, ValueError):
     """Preparation cannot go on; the message says which input and what to do."""
 
 
@@ -224,7 +225,9 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
                   progress: bool = True) -> PrepareReport:
     """Decode every audio file of ``inputs`` (mono, 16 kHz), tokenize it, and write a corpus to
     ``out_dir`` split by a stable hash of the speaker (or file). Bad files are skipped and listed in
-    ``out_dir/skipped.tsv``; with ``strict`` the first one raises PrepareError and nothing is written."""
+    ``out_dir/skipped.tsv``; with ``strict`` the first one raises PrepareError and nothing is written.
+    Returns a :class:`PrepareReport` (files, tokens and seconds per split, skipped files, conversions);
+    ``Corpus(out_dir)`` reads the result."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if tokenizer not in AUDIO_TOKENIZERS:

@@ -128,6 +128,10 @@ class MuLawTokenizer(_TableDecoder):
     """mu-law companding then uniform quantization to 2**bits codes, mu = 2**bits - 1 (ITU G.711 style
     continuous law, as in WaveNet; Oord et al. 2016, eq. 2).
 
+    ``MuLawTokenizer(bits=8)``; ``encode(wave)`` takes a float waveform in [-1, 1] (numpy array or torch
+    tensor, any shape) and returns its codes (numpy: the smallest unsigned dtype; torch: int64 on the
+    same device); ``decode(codes)`` returns float32 samples of the same kind and shape.
+
     Codes follow torchaudio's ``mu_law_encoding``: ``y = sign(x) ln(1 + mu|x|) / ln(1 + mu)``, then
     ``code = floor((y + 1) / 2 * mu + 0.5)``; decode is torchaudio's ``mu_law_decoding``:
     ``y = code / mu * 2 - 1``, ``x = sign(y) ((1 + mu)**|y| - 1) / mu``. (librosa's
@@ -192,7 +196,8 @@ class MuLawTokenizer(_TableDecoder):
 
 
 class LinearTokenizer(_TableDecoder):
-    """Uniform (linear PCM) quantization to 2**bits codes, offset binary like unsigned 8-bit WAV:
+    """Uniform (linear PCM) quantization to 2**bits codes, offset binary like unsigned 8-bit WAV
+    (``LinearTokenizer(bits)``; ``encode`` / ``decode`` take and return what MuLawTokenizer's do):
     ``code = clip(floor(x * 2**(bits-1) + 0.5), -2**(bits-1), 2**(bits-1) - 1) + 2**(bits-1)``,
     decode ``x = (code - 2**(bits-1)) / 2**(bits-1)``. So 16-bit codes of a 16-bit PCM file are
     lossless (code = int16 value + 32768).
@@ -239,7 +244,9 @@ class LinearTokenizer(_TableDecoder):
 
 
 class ByteTokenizer:
-    """Text as its UTF-8 bytes (256 symbols): character-level corpora like enwik8."""
+    """Text as its UTF-8 bytes (256 symbols): character-level corpora like enwik8. ``encode(text)``
+    takes a str (or bytes) and returns uint8 codes; ``decode(codes)`` returns the str (invalid UTF-8
+    replaced)."""
 
     unit = "byte"
     vocab_size = 256
@@ -269,6 +276,10 @@ class WordTokenizer:
     Ids: 0 = ``<unk>`` (any word not in the vocabulary), 1 = ``<eos>`` (end of each line), then the
     words by decreasing count (ties alphabetical), which is the order adaptive softmax cutoffs assume.
     A literal ``<unk>`` in the corpus (PTB, WikiText) maps to id 0.
+
+    ``WordTokenizer(itos)`` takes the vocabulary (``<unk>``, ``<eos>`` first); ``encode(text)`` returns
+    the ids with an ``<eos>`` after every line, ``decode(ids)`` the words joined by spaces, ``<eos>`` as
+    a line break.
     """
 
     unit = "word"
@@ -406,7 +417,8 @@ def metric_name(unit: str, levels: int | None = None) -> str:
 
 
 def make_tokenizer(name: str) -> MuLawTokenizer | LinearTokenizer | ByteTokenizer:
-    """A tokenizer by name: mulawN, linearN (N = bits, e.g. mulaw8, linear16) or bytes."""
+    """A tokenizer by name: mulawN, linearN (N = bits, e.g. mulaw8, linear16), pcm16 (= linear16) or
+    bytes; returns a MuLawTokenizer, LinearTokenizer or ByteTokenizer (ValueError for another name)."""
     name = name.strip().lower()
     if name in ("bytes", "byte", "char"):
         return ByteTokenizer()

@@ -1,5 +1,11 @@
 """The training loop as a library function: ``train(config, out_dir, resume=False) -> TrainResult``.
 
+``config`` is a :class:`~txl_audio.config.RunConfig` (``load_config("recipes/configs/tiny_cpu.toml",
+["data.corpus=DIR"])``); ``out_dir`` receives config.toml, metrics.jsonl, curves.png, the step
+checkpoints and best.pt (what ``txl_audio.load(out_dir)`` reads); the :class:`TrainResult` says how far
+it got. ``txl-audio train`` calls it, and so does ``txl_audio.train(config, out_dir)``: see the end of
+this docstring.
+
 AdamW with linear warmup and cosine decay, gradient clipping, gradient accumulation, the Transformer-XL
 memory carried from segment to segment of each stream, periodic validation, crash-safe checkpoints that
 resume the very same run, and DistributedDataParallel when launched by ``torchrun``.
@@ -18,16 +24,25 @@ Loss normalisation: the loss of a step is the sum of the per-token NLLs over all
 global batch divided by their global count. Each rank backpropagates ``local_sum * world / global_count``;
 DDP's gradient averaging (divide by world) then gives exactly the single-process gradient, even when the
 ranks hold different numbers of ignored targets (file ends).
+
+The module itself is callable: ``txl_audio.train(config, out_dir)`` calls :func:`train`. The package
+exports ``train`` (``from txl_audio import train``), and this submodule has the same name: once anything
+imports it, the import system sets the package's ``train`` attribute to the module, so a plain function
+export would be shadowed depending on import order. A callable module is right in every order and keeps
+``import txl_audio.train as m`` and ``from txl_audio.train import train`` working as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import os
 import random
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,7 +455,9 @@ def train(
     ``resume`` continues from the newest valid checkpoint in ``out_dir`` (a corrupt newer one is reported
     and skipped). ``on_step(step)`` is called after each finished step (its checkpoint, if any, written).
     Launched by ``torchrun`` (env WORLD_SIZE > 1) it trains with DistributedDataParallel; only rank 0
-    writes files.
+    writes files. Returns a :class:`TrainResult` (steps, per-step losses, the last validation, the
+    best validation loss, why it stopped, the last checkpoint); ``best.pt`` in ``out_dir`` is what
+    ``txl_audio.load(out_dir)`` reads.
     """
     device = resolve_device(config.train.device, option="train.device")
     procs = init_processes(device.type == "cuda")
@@ -548,3 +565,14 @@ def _count_bad_steps(run: Run, s: StepResult, result: TrainResult) -> None:
             f"{run.bad_in_row} steps in a row (train.max_bad_steps={run.tc.max_bad_steps}); no "
             f"weights were updated by those steps and the checkpoints in {run.out} are "
             "intact. Lower train.lr, raise train.warmup_steps or use train.dtype=fp32")
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`train` (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
+        return train(*args, **kwargs)
+
+
+__signature__ = inspect.signature(train)  # what help() and notebooks show for txl_audio.train(...)
+sys.modules[__name__].__class__ = _CallableModule

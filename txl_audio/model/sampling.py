@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from txl_audio.errors import ArgumentValueError
+
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Logits with the tokens that top-k / top-p sampling may not emit set to -inf (a new tensor).
@@ -48,12 +50,13 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """An ArgumentValueError (a ValueError) naming the first sampling setting out of range."""
     if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+        raise ArgumentValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or left unset), got {top_k}")
+        raise ArgumentValueError(f"top_k must be >= 1 (or left unset), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or left unset), got {top_p}")
+        raise ArgumentValueError(f"top_p must be in (0, 1] (or left unset), got {top_p}")
 
 
 def draw(

@@ -148,6 +148,12 @@ class DecoderLayer(nn.Module):
 class TransformerXL(nn.Module):
     """Transformer-XL language model. See the module docstring for memory and cache semantics.
 
+    ``TransformerXL(config: ModelConfig)`` builds the weights only (no state between calls).
+    ``model(tokens (B, T), mems=None, targets=None, doc_pos=None, lengths=...)`` returns a
+    :class:`ModelOutput`: ``logits`` (B, T, V), ``loss`` (B, T) NLL in nats where targets are given, and
+    ``mems``, the memory to pass with the next segment. ``model.init_cache(B)`` and
+    ``model.step(tokens, cache)`` decode one token at a time (see :mod:`txl_audio.decoders`).
+
     ``attention="absolute"`` is the vanilla Transformer baseline: sinusoidal absolute positions added
     to the input (restarting at 0 in every segment) and no memory (mem_len = 0, enforced by
     ModelConfig). ``attention="rotary"`` keeps the memory and replaces the relative position terms by
