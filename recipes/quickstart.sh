@@ -25,9 +25,14 @@ GEN_SECONDS=${GEN_SECONDS:-2}
 if [ -z "${TXL:-}" ]; then
     if command -v txl-audio >/dev/null 2>&1; then TXL=txl-audio; else TXL="python3 -m txl_audio"; fi
 fi
+# OpenMP threads that sleep when idle instead of spinning (as recipes/common.sh): on a CPU shared with
+# other work, spinning threads made steps several times slower
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 SETS=()
+EVAL_ARGS=()
 for kv in ${TXL_SET:-}; do SETS+=(--set "$kv"); done
 if [ "${QUICK:-0}" = 1 ]; then
+    EVAL_ARGS=(--threads 1)  # a minute model: a second thread only waits
     SETS+=(--set model.n_layer=1 --set model.d_model=32 --set model.n_head=2 --set model.d_head=16
           --set model.d_inner=64 --set model.tgt_len=32 --set model.mem_len=32 --set train.batch_size=2
           --set train.max_steps=3 --set train.eval_every=3 --set train.ckpt_every=3 --set train.log_every=2
@@ -55,7 +60,8 @@ $TXL train --config "$CONFIG" --set data.corpus="$OUT/corpus" --set train.max_ti
     ${SETS[@]+"${SETS[@]}"} --out "$OUT" ${RESUME_FLAG[@]+"${RESUME_FLAG[@]}"}
 
 echo "== 3/4 evaluate on the held-out test split (bits per sample; xz and bzip2 on the same tokens)"
-$TXL evaluate "$OUT" --corpus "$OUT/corpus" --split test --out "$OUT/eval_test" --no-progress
+$TXL evaluate "$OUT" --corpus "$OUT/corpus" --split test --out "$OUT/eval_test" --no-progress \
+    ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"}
 
 echo "== 4/4 generate ${GEN_SECONDS} s of audio -> $OUT/samples"
 $TXL generate "$OUT" --out "$OUT/samples" --seconds "$GEN_SECONDS" --num 1 --batch-size 1 --seed 0
