@@ -78,3 +78,16 @@ def run_and_kill(config: RunConfig, out: Path, kill_at: int) -> subprocess.Compl
     args = [sys.executable, "-c", script, json.dumps(config.to_dict()), str(out), str(kill_at)]
     return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
+
+
+def killed_and_resumed(config: RunConfig, tmp: Path, kill_at: int):
+    """The uninterrupted run of ``config`` (in tmp/ref) and the same run SIGKILLed after step ``kill_at``
+    and resumed (in tmp/run): their TrainResults, for the resume-equals-uninterrupted tests."""
+    import signal
+
+    from txl_audio.train import train
+
+    ref = train(config, tmp / "ref", progress=False, log=lambda m: None)
+    proc = run_and_kill(config, tmp / "run", kill_at)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return ref, train(config, tmp / "run", resume=True, progress=False, log=lambda m: None)

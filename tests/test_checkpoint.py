@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from _training import make_corpus, model_state, run_and_kill, same_params, tiny_config
+from _training import killed_and_resumed, make_corpus, model_state, run_and_kill, same_params, tiny_config
 
 from txl_audio.checkpoint import (
     CheckpointError,
@@ -66,11 +66,7 @@ def test_killed_run_resumes_to_identical_parameters(corpus, uninterrupted, tmp_p
 def test_killed_rotary_run_resumes_to_identical_parameters(corpus, tmp_path):
     """The same for rotary attention (its memory is hidden states, rotated afresh in every segment)."""
     cfg = tiny_config(corpus, model={"attention": "rotary"}, max_steps=6)
-    ref = train(cfg, tmp_path / "ref", progress=False, log=lambda m: None)
-    out = tmp_path / "run"
-    proc = run_and_kill(cfg, out, kill_at=5)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    r = train(cfg, out, resume=True, progress=False, log=lambda m: None)
+    ref, r = killed_and_resumed(cfg, tmp_path, kill_at=5)
     assert r.resumed_from == 4 and r.losses == ref.losses[4:]
     assert same_params(load_checkpoint(ref.checkpoint)["model"], load_checkpoint(r.checkpoint)["model"])
 

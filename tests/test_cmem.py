@@ -4,7 +4,6 @@ training, resume) compresses the same states into the same slots."""
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _models import sharp_model
-from _training import make_corpus, run_and_kill, same_params, tiny_config
+from _training import killed_and_resumed, make_corpus, same_params, tiny_config
 
 from txl_audio.checkpoint import load_checkpoint
 from txl_audio.config import ConfigError, ModelConfig
@@ -262,11 +261,7 @@ def test_reconstruction_loss_trains_the_compression_only(corpus):
 @pytest.mark.parametrize("fn", ["mean", "conv"])
 def test_killed_compressive_run_resumes_to_identical_parameters(corpus, tmp_path, fn):
     cfg = tiny_config(corpus, model={"cmem_len": 4, "cmem_ratio": 4, "cmem_fn": fn}, max_steps=6)
-    ref = train(cfg, tmp_path / "ref", progress=False, log=lambda m: None)
-    out = tmp_path / "run"
-    proc = run_and_kill(cfg, out, kill_at=5)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    r = train(cfg, out, resume=True, progress=False, log=lambda m: None)
+    ref, r = killed_and_resumed(cfg, tmp_path, kill_at=5)
     assert r.resumed_from == 4 and r.losses == ref.losses[4:]
     a, b = load_checkpoint(ref.checkpoint), load_checkpoint(r.checkpoint)
     assert same_params(a["model"], b["model"])
