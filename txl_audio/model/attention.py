@@ -213,13 +213,19 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._project(x, mem, mem_kv, rope)
         if cmem is None or cmem.shape[1] == 0:
             return q, k, v
-        B, C, _ = cmem.shape
-        H, Dh = self.n_head, self.d_head
-        kv = F.linear(cmem, self.qkv.weight[H * Dh :]).view(B, C, 2, H, Dh)
-        kc, vc = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, H, C, Dh)
-        if cmem_rope is not None:
-            kc = apply_rotary(kc, *cmem_rope)
+        kc, vc = self.slot_keys_values(cmem, cmem_rope)
         return q, torch.cat([kc.to(k.dtype), k], dim=2), torch.cat([vc.to(v.dtype), v], dim=2)
+
+    def slot_keys_values(self, slots: Tensor, rope: tuple[Tensor, Tensor] | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H, C, Dh) of compressed-memory slots (B, C, D) (already normalized for
+        a pre-norm layer); rotary: the keys rotated by ``rope``, cos and sin (C, r/2). The forward
+        pass and the decoding cache's compression both use this."""
+        B, C, _ = slots.shape
+        H, Dh = self.n_head, self.d_head
+        kv = F.linear(slots, self.qkv.weight[H * Dh :]).view(B, C, 2, H, Dh)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        return (k if rope is None else apply_rotary(k, *rope)), v
 
     def _project(
         self, x: Tensor, mem: Tensor | None = None, mem_kv: tuple[Tensor, Tensor] | None = None,

@@ -41,7 +41,6 @@ from txl_audio.config import Lengths, ModelConfig
 from txl_audio.data import IGNORE_INDEX
 from txl_audio.model.attention import (
     MultiHeadAttention,
-    apply_rotary,
     attention_mask,
     compute_dtype,
     distance_columns,
@@ -417,8 +416,11 @@ class TransformerXL(nn.Module):
                 mem_i = update_memory(past, h, k if keep_kv else None, v if keep_kv else None, L.mem_len)
                 new.append(mem_i)
                 if self.compress is not None and L.cmem_len:  # the states that left the memory
-                    seen = h.detach() if past is None else torch.cat([past.hidden, h.detach()], dim=1)
-                    leaving.append((h, seen[:, : K - mem_i.hidden.shape[1]]))
+                    n = K - mem_i.hidden.shape[1]  # the oldest n of [memory; segment]
+                    old = h.detach()[:, : max(n - M, 0)]
+                    if M:
+                        old = torch.cat([past.hidden[:, :n], old], dim=1)
+                    leaving.append((h, old))
                 h = out
         prior_inputs, prior = None, None
         if self.lp is not None:  # the prior looks back no further than the file, and the tokens held
@@ -699,12 +701,7 @@ class TransformerXL(nn.Module):
                                  cache.layers[0].keys.dtype)
         for i, (layer, mem) in enumerate(zip(self.layers, cache.layers)):
             comp = self.compress_states(i, mem.hidden.index_select(1, ring))  # (B, g, D)
-            x = layer.attn_norm(comp) if layer.pre_norm else comp
-            H, Dh = layer.attn.n_head, layer.attn.d_head
-            kv = F.linear(x, layer.attn.qkv.weight[H * Dh :]).view(x.shape[0], groups, 2, H, Dh)
-            k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, H, g, Dh)
-            if rope is not None:
-                k = apply_rotary(k, *rope)
+            k, v = layer.attn.slot_keys_values(layer.attn_norm(comp) if layer.pre_norm else comp, rope)
             mem.keys.index_copy_(2, cslots, k.to(mem.keys.dtype))
             mem.values.index_copy_(2, cslots, v.to(mem.values.dtype))
         cache.cmem_pos.index_copy_(0, cslots, starts)
