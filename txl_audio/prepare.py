@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from txl_audio.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, find_audio_files, read_audio
@@ -29,6 +30,10 @@ from txl_audio.tokenizers import AUDIO_TOKENIZERS, ByteTokenizer, WordTokenizer,
 # Speech Commands names files SPEAKER_nohash_N.wav, SPEAKER being 8 hex digits
 DEFAULT_SPEAKER_REGEX = r"([0-9a-f]{8})_nohash_"
 TEXT_FORMATS = ("words", "bytes", "enwik8", "text8")
+# per-file scaling before the tokenizer: "minmax" maps each file's [min, max] onto [-1, 1], as the
+# SaShiMi code (state-spaces/s4, src/dataloaders/audio.py: minmax_scale before mu_law_encode) does for SC09
+NORMALIZATIONS = ("none", "minmax")
+SPLIT_BY = ("speaker", "file", "manifest")
 # enwik8 / text8 convention (Mahoney's files, as in Al-Rfou et al. 2019 and Dai et al. 2019)
 STANDARD_SPLIT = (90_000_000, 5_000_000, 5_000_000)
 
@@ -71,28 +76,38 @@ class PrepareReport:
 class AudioSource:
     path: Path  # absolute
     name: str  # relative to its input folder / manifest, posix, with extension (speaker fallback)
+    speaker: str | None = None  # a manifest's speaker column
+    split: str | None = None  # a manifest's split column (train, valid or test)
 
 
 def _read_manifest(manifest: Path) -> list[AudioSource]:
+    """Sources of a .txt (one path per line) or .csv manifest (a ``path`` column; optional ``speaker``
+    and ``split`` columns, the split one of train, valid, test)."""
     base = manifest.parent.resolve()
+    rows: list[dict[str, str | None]]
     if manifest.suffix.lower() == ".csv":
         with open(manifest, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or "path" not in reader.fieldnames:
                 raise PrepareError(f"manifest {manifest} is a CSV without a 'path' column "
                                    f"(columns: {reader.fieldnames}); add a header row with 'path'")
-            entries = [row["path"] for row in reader]
+            rows = [{k: row.get(k) for k in ("path", "speaker", "split")} for row in reader]
+        for i, row in enumerate(rows, start=2):
+            if "split" in (reader.fieldnames or []) and row["split"] not in SPLITS:
+                raise PrepareError(f"manifest {manifest} line {i}: split {row['split']!r} is not one of "
+                                   f"{', '.join(SPLITS)}")
     else:
         lines = manifest.read_text(encoding="utf-8").splitlines()
-        entries = [ln for ln in (x.strip() for x in lines) if ln and not ln.startswith("#")]
+        rows = [{"path": ln} for ln in (x.strip() for x in lines) if ln and not ln.startswith("#")]
     out = []
-    for e in entries:
-        p = Path(e.strip())
-        if not str(e).strip():
+    for row in rows:
+        e = (row.get("path") or "").strip()
+        if not e:
             continue
+        p = Path(e)
         full = p if p.is_absolute() else base / p
         name = p.as_posix()  # as written: what --speaker-regex is searched in
-        out.append(AudioSource(full.absolute(), name))
+        out.append(AudioSource(full.absolute(), name, row.get("speaker") or None, row.get("split")))
     return out
 
 
@@ -172,15 +187,23 @@ def assign_splits(keys: Iterable[str], valid: float, test: float) -> tuple[dict[
 _worker_tokenizers: dict[str, Any] = {}
 
 
-def _tokenize_file(job: tuple[str, str]) -> tuple:
-    """Worker: (path, tokenizer name) -> ("ok", codes, rate, channels, subtype) or ("bad", reason)."""
-    path, tok_name = job
+def minmax_scale(wave: np.ndarray) -> np.ndarray:
+    """``wave`` with its [min, max] mapped onto [-1, 1] (SaShiMi's SC09 scaling, its 1e-6 included)."""
+    w = wave.astype(np.float64)
+    lo, hi = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
+    return -1.0 + 2.0 * (w - lo) / (hi - lo + 1e-6)
+
+
+def _tokenize_file(job: tuple[str, str, str]) -> tuple:
+    """Worker: (path, tokenizer name, normalization) -> ("ok", codes, rate, channels, subtype) or
+    ("bad", reason)."""
+    path, tok_name, normalize = job
     tok = _worker_tokenizers.get(tok_name)
     if tok is None:
         tok = _worker_tokenizers[tok_name] = make_tokenizer(tok_name)
     try:
         wave, info = read_audio(path)
-        codes = tok.encode(wave)
+        codes = tok.encode(minmax_scale(wave) if normalize == "minmax" else wave)
     except Exception as e:  # noqa: BLE001 - any failure is this file's problem, reported by path
         reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
         if reason.startswith(f"{path}: "):
@@ -189,11 +212,11 @@ def _tokenize_file(job: tuple[str, str]) -> tuple:
     return ("ok", codes, info.sample_rate, info.channels, info.subtype)
 
 
-def _tokenize_chunk(jobs: list[tuple[str, str]]) -> list[tuple]:
+def _tokenize_chunk(jobs: list[tuple[str, str, str]]) -> list[tuple]:
     return [_tokenize_file(j) for j in jobs]
 
 
-def _ordered_results(jobs: list[tuple[str, str]], workers: int, chunk: int = 16):
+def _ordered_results(jobs: list[tuple[str, str, str]], workers: int, chunk: int = 16):
     """Yield _tokenize_file results in input order; with workers > 1 a process pool decodes ahead,
     at most a bounded number of chunks, so memory stays small for any corpus size."""
     if workers <= 1:
@@ -222,9 +245,13 @@ def _ordered_results(jobs: list[tuple[str, str]], workers: int, chunk: int = 16)
 def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, tokenizer: str = "mulaw8",
                   split_by: str = "speaker", valid: float = 0.05, test: float = 0.05,
                   speaker_regex: str | None = None, strict: bool = False, workers: int = 1,
-                  progress: bool = True) -> PrepareReport:
+                  progress: bool = True, normalize: str = "none") -> PrepareReport:
     """Decode every audio file of ``inputs`` (mono, 16 kHz), tokenize it, and write a corpus to
-    ``out_dir`` split by a stable hash of the speaker (or file). Bad files are skipped and listed in
+    ``out_dir`` split by a stable hash of the speaker (or file), or (``split_by="manifest"``) as the
+    CSV manifests' ``split`` column says (``valid`` and ``test`` are then unused). A manifest's
+    ``speaker`` column, where there is one, names the speaker instead of ``speaker_regex``.
+    ``normalize="minmax"`` scales each file onto [-1, 1] before tokenizing (SaShiMi's SC09
+    preprocessing). Bad files are skipped and listed in
     ``out_dir/skipped.tsv``; with ``strict`` the first one raises PrepareError and nothing is written.
     Returns a :class:`PrepareReport` (files, tokens and seconds per split, skipped files, conversions);
     ``Corpus(out_dir)`` reads the result."""
@@ -233,8 +260,10 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
     if tokenizer not in AUDIO_TOKENIZERS:
         raise PrepareError(f"unknown audio tokenizer {tokenizer!r}; "
                            f"choose one of {', '.join(AUDIO_TOKENIZERS)}")
-    if split_by not in ("speaker", "file"):
-        raise PrepareError(f"--split-by must be 'speaker' or 'file', got {split_by!r}")
+    if split_by not in SPLIT_BY:
+        raise PrepareError(f"--split-by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+    if normalize not in NORMALIZATIONS:
+        raise PrepareError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
     try:
         regex = re.compile(speaker_regex or DEFAULT_SPEAKER_REGEX)
     except re.error as e:
@@ -242,15 +271,27 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
                            ) from None
     check_replaceable(out_dir)  # fail before the long part
     sources = collect_audio_sources(inputs)
-    speakers = [speaker_of(s.name, regex) for s in sources]
-    keys = speakers if split_by == "speaker" else [s.name for s in sources]
-    split_of_key, warnings = assign_splits(keys, valid, test)
+    speakers = [s.speaker or speaker_of(s.name, regex) for s in sources]
+    with_split = [s for s in sources if s.split is not None]
+    if split_by == "manifest":
+        if len(with_split) < len(sources):
+            first = next(s for s in sources if s.split is None)
+            raise PrepareError(f"--split-by manifest: {first.path} has no split (every input must be a "
+                               "CSV manifest with a split column of train, valid or test)")
+        keys = [str(s.path) for s in sources]
+        split_of_key, warnings = {k: s.split for k, s in zip(keys, sources)}, []
+    else:
+        if with_split:
+            raise PrepareError(f"the manifest giving {with_split[0].path} has a split column: pass "
+                               "--split-by manifest to use it (or drop the column to split by hash)")
+        keys = speakers if split_by == "speaker" else [s.name for s in sources]
+        split_of_key, warnings = assign_splits(keys, valid, test)
     tok = make_tokenizer(tokenizer)
 
     skipped: list[tuple[str, str]] = []
     conv = {"resampled": 0, "downmixed": 0, "converted_bit_depth": 0}
     seconds = 0.0
-    jobs = [(str(s.path), tokenizer) for s in sources]
+    jobs = [(str(s.path), tokenizer, normalize) for s in sources]
     bar = tqdm(total=len(jobs), unit="file", desc="prepare-audio", disable=None if progress else True)
     with bar, CorpusWriter(out_dir, tok, kind="audio", sample_rate=SAMPLE_RATE) as writer:
         for src, spk, key, res in zip(sources, speakers, keys, _ordered_results(jobs, workers)):
@@ -272,7 +313,8 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
             raise PrepareError(f"none of the {len(sources)} input file(s) could be used, so nothing was "
                                f"written (first problems: {first})")
         for s in ("train", "valid", "test"):
-            if writer.split_files[s] == 0 and (s == "train" or {"valid": valid, "test": test}[s] > 0):
+            asked = split_by == "manifest" or s == "train" or {"valid": valid, "test": test}[s] > 0
+            if writer.split_files[s] == 0 and asked:
                 msg = f"the {s} split has no usable files"
                 if not any(msg in w or f"the {s} split is empty" in w for w in warnings):
                     warnings.append(msg)
@@ -281,7 +323,7 @@ def prepare_audio(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path
             source={"inputs": [str(Path(i).absolute()) for i in ([inputs] if isinstance(inputs, (str, Path))
                                                                    else inputs)],
                     "split_by": split_by, "valid": valid, "test": test,
-                    "speaker_regex": regex.pattern},
+                    "speaker_regex": regex.pattern, "normalize": normalize},
             conversions=conv, skipped=len(skipped))
         splits = {s: {"files": writer.split_files[s], "tokens": writer.split_tokens[s],
                       "seconds": writer.split_tokens[s] / SAMPLE_RATE} for s in SPLITS}
