@@ -11,6 +11,7 @@ from txl_audio.commands import (
     compress,
     context,
     decompress,
+    download,
     evaluate,
     generate,
     info,
@@ -23,6 +24,7 @@ from txl_audio.errors import TxlAudioError
 
 # subcommand -> (module in txl_audio.commands, one-line help)
 COMMANDS = {
+    "download": (download, "fetch, verify and unpack a standard corpus (or write a paper's split)"),
     "info": (info, "show audio files' format and what the tokenizer makes of them"),
     "prepare-audio": (prepare_audio, "audio folder or manifest -> token shards"),
     "prepare-text": (prepare_text, "text corpus -> token shards"),
