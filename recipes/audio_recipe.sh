@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Shared stages of the audio recipes (sourced by speech_commands.sh and read_speech.sh):
-#   audio_recipe NAME DATA_DIR PREPARE_ARGS... -- TRAIN_SETS...
-# prepare DATA_DIR -> runs/NAME/corpus, train CONFIG -> runs/NAME, evaluate the test split, generate.
+# Shared stages of the audio recipes (sourced by speech_commands.sh, read_speech.sh, sc09.sh, lossless16.sh):
+#   audio_recipe NAME DATA PREPARE_ARGS... -- TRAIN_SETS...
+# prepare DATA (a folder or a manifest) -> runs/NAME/corpus, train CONFIG -> runs/NAME, evaluate the test
+# split, generate. The recipes fetch DATA first (fetch_data in recipes/common.sh) unless given one.
 #
 # Environment (all optional):
 #   OUT=runs/NAME   CONFIG (default audio_small.toml when nvidia-smi sees a GPU, else tiny_cpu.toml)
 #   TXL_MAX_TIME    seconds of training (default: the config's train.max_time)
 #   NPROC=N         train with torchrun on N processes (GPUs) of this node
 #   RESUME=1        continue the run in OUT       GEN_SECONDS=4   GEN_NUM=4
-#   TXL             how to call the command (default txl-audio, else python3 -m txl_audio)
+#   TXL, TXL_DATA, STOP_AFTER: see recipes/common.sh
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 audio_recipe() {
     local name=$1 data=$2
@@ -19,8 +21,8 @@ audio_recipe() {
     [ $# -gt 0 ] && shift
     sets=("$@")
 
-    if [ ! -d "$data" ]; then
-        echo "error: data folder $data not found; pass the folder as the first argument" >&2
+    if [ ! -e "$data" ]; then
+        echo "error: data folder $data not found; pass the folder (or manifest) as the first argument" >&2
         exit 1
     fi
     local out=${OUT:-runs/$name}
@@ -29,10 +31,7 @@ audio_recipe() {
         if nvidia-smi -L >/dev/null 2>&1; then config=recipes/configs/audio_small.toml
         else config=recipes/configs/tiny_cpu.toml; fi
     fi
-    local txl=${TXL:-}
-    if [ -z "$txl" ]; then
-        if command -v txl-audio >/dev/null 2>&1; then txl=txl-audio; else txl="python3 -m txl_audio"; fi
-    fi
+    local txl=$TXL  # recipes/common.sh: the venv's txl-audio when it is not on PATH
     local train_cmd=($txl train)
     if [ -n "${NPROC:-}" ]; then
         train_cmd=(torchrun --standalone --nproc_per_node "$NPROC" -m txl_audio train)

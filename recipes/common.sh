@@ -6,7 +6,11 @@
 #   SET     extra overrides, "section.key=value ...", e.g. SET="train.max_steps=20 model.n_layer=2"
 #   RESUME  1: continue runs from their newest checkpoints instead of starting afresh
 #   NPROC   N: train on N GPUs of this node with torchrun
-#   TXL     the command to run (default: txl-audio on PATH, else .venv/bin/txl-audio, else python3 -m)
+#   TXL     the command to run (default: txl-audio on PATH, else this checkout's .venv/bin/txl-audio,
+#           else python3 -m txl_audio where that python has the package; else the recipe says in one
+#           line to install and activate the venv)
+#   TXL_DATA      where `txl-audio download` keeps corpora (default ~/.cache/txl_audio)
+#   STOP_AFTER    download: stop once the recipe's corpus is on disk (the other stages are skipped)
 
 # OpenMP threads that sleep when idle instead of spinning: on a CPU shared with other work, torch's
 # default (spinning) made a 2-thread training step ~7x slower here (OMP_WAIT_POLICY=ACTIVE to compare).
@@ -17,7 +21,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${TXL:-}" ]]; then
     if command -v txl-audio >/dev/null 2>&1; then TXL=txl-audio
     elif [[ -x "$ROOT/.venv/bin/txl-audio" ]]; then TXL="$ROOT/.venv/bin/txl-audio"
-    else TXL="python3 -m txl_audio"; fi
+    elif python3 -c "import txl_audio, tqdm, torch" >/dev/null 2>&1; then TXL="python3 -m txl_audio"
+    else
+        echo "error: txl-audio is not installed for this shell: run 'make install' in $ROOT, then" \
+             "'source $ROOT/.venv/bin/activate' (or set TXL=/path/to/txl-audio)" >&2
+        exit 1
+    fi
 fi
 PYTHON="${PYTHON:-$(dirname "$(command -v "${TXL%% *}")")/python}"
 [[ -x "$PYTHON" ]] || PYTHON=python3
@@ -37,6 +46,22 @@ txl() {
     echo "+ txl-audio $*" >&2
     # shellcheck disable=SC2086  # TXL may be "python3 -m txl_audio"
     $TXL "$@"
+}
+
+# fetch_data NAME: the path of standard corpus or protocol NAME (`txl-audio download --list`), fetched,
+# verified and unpacked into the cache on first use (TXL_DATA; nothing is fetched when it is there):
+#   src=$(fetch_data sc09)
+fetch_data() {
+    echo "== download $1" >&2
+    txl download "$1"
+}
+
+# stage_done NAME: stop here (exit 0) when STOP_AFTER=NAME
+stage_done() {
+    if [[ "${STOP_AFTER:-}" == "$1" ]]; then
+        echo "(STOP_AFTER=$1: stopping after the $1 stage)" >&2
+        exit 0
+    fi
 }
 
 # train_run CONFIG RUN_DIR CORPUS [more train args]: a fresh run, or RESUME=1 to continue one;

@@ -4,8 +4,8 @@
 # character level:
 # first 90M bytes train, next 5M validation, last 5M test. prepare -> train -> test bits per character.
 #
-#   recipes/enwik8.sh [FILE]   the enwik8 file or enwik8.zip (default ../shared/data/text/enwik8;
-#                          not there: get it yourself; nothing is downloaded). A smaller file is cut 90/5/5 %.
+#   recipes/enwik8.sh [FILE]   the enwik8 file or enwik8.zip (default: downloaded, `txl-audio download
+#                          enwik8`, 36 MB). A smaller file is cut 90/5/5 %.
 #
 # Default config recipes/configs/enwik8_base.toml is the paper's base setting (12 layers, d_model 512,
 # tgt_len 512, mem_len 512) and needs a GPU; evaluated like the paper with a longer memory
@@ -16,10 +16,11 @@
 set -euo pipefail
 source "$(dirname "$0")/text_common.sh"
 
-src="${1:-$TEXT_DATA/enwik8}"
+if [[ $# -gt 0 && "$1" != --* ]]; then src="$1"; shift; else src=$(fetch_data enwik8); fi
 need "$src" "the enwik8 file (or enwik8.zip)"
+stage_done download
 CONFIG="${CONFIG:-$ROOT/recipes/configs/enwik8_base.toml}"
 OUT="${OUT:-runs/enwik8}"
 EVAL="${EVAL---tgt-len 80 --mem-len 2100 --clamp-len 820 --same-length}"
 
-hutter_recipe enwik8 "$src" "${@:2}"
+hutter_recipe enwik8 "$src" "$@"

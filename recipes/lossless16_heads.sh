@@ -3,15 +3,17 @@
 # trained for the same time on the same pcm16 corpus, then evaluated on the held-out speakers beside
 # FLAC -8, the backward-adaptive LPC column and xz, with each head's difference from FLAC and its 95%
 # bootstrap interval over the paired files (recipes/heads_table.py).
-#   recipes/lossless16_heads.sh [DATA_DIR]
+#   recipes/lossless16_heads.sh [DATA_DIR]     default: the Speech Commands v0.02 test set, downloaded
+#                                              (113 MB; the clips of the published table)
 # env: SECONDS_EACH (900: training time per variant), PARALLEL (2: variants trained at once, one CPU
 #      thread each, so every variant gets the same share of the machine), VARIANTS (all below),
 #      OUT (runs/lossless16_heads), CONFIG (lossless16_cpu.toml), SET / TXL as in recipes/common.sh.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-src="${1:-$ROOT/../shared/data/audio/speech_commands_v002_test}"
+if [[ $# -gt 0 ]]; then src="$1"; else src=$(fetch_data speech-commands-test); fi
 need "$src" "an audio folder"
+stage_done download
 OUT="${OUT:-runs/lossless16_heads}"
 CONFIG="${CONFIG:-$ROOT/recipes/configs/lossless16_cpu.toml}"
 SECONDS_EACH="${SECONDS_EACH:-900}"

@@ -13,7 +13,7 @@
 #   QUICK=1                  a seconds-long smoke run (a minute model, a few steps): checks the plumbing only
 #   RESUME=1                 continue the run in OUT instead of starting it again
 #   TXL_SET="k=v ..."        more config overrides for training (e.g. train.compile=false)
-#   TXL="python -m txl_audio"  how to call the command (default: txl-audio when on PATH)
+#   TXL="python -m txl_audio"  how to call the command (default: txl-audio on PATH, else .venv/bin/txl-audio)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +22,8 @@ DATA=${DATA:-data}
 CONFIG=${CONFIG:-recipes/configs/tiny_cpu.toml}
 MAX_TIME=${TXL_MAX_TIME:-180}
 GEN_SECONDS=${GEN_SECONDS:-2}
-if [ -z "${TXL:-}" ]; then
-    if command -v txl-audio >/dev/null 2>&1; then TXL=txl-audio; else TXL="python3 -m txl_audio"; fi
-fi
+# TXL: txl-audio on PATH, else this checkout's .venv/bin/txl-audio, else a one-line hint (recipes/common.sh)
+source recipes/common.sh
 # OpenMP threads that sleep when idle instead of spinning (as recipes/common.sh): on a CPU shared with
 # other work, spinning threads made steps several times slower
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"

@@ -9,17 +9,18 @@
 # EVAL_SPLIT as one continuous stream at its training lengths (the no-memory models therefore see on
 # average tgt_len / 2 previous tokens: the context fragmentation the paper describes).
 #
-#   recipes/text_baselines.sh [INPUT]   default ../shared/data/text/tinyshakespeare.txt
+#   recipes/text_baselines.sh [INPUT]   default: tiny Shakespeare, downloaded (`txl-audio download tinyshakespeare`)
 #
 # env: CONFIG (recipes/configs/shakespeare_char_cpu.toml), FORMAT (bytes; words for PTB / WikiText
 #      folders), SPLIT_FRACTIONS (0.9,0.1,0 for a single file, as nanoGPT), EVAL_SPLIT (valid),
 #      STEPS (1000), OUT (runs/text_baselines), SET / RESUME / TXL as in recipes/text_common.sh.
-# Word level, e.g.: CONFIG=recipes/configs/ptb_cpu.toml FORMAT=words recipes/text_baselines.sh ../shared/data/text/ptb
+# Word level, e.g.: CONFIG=recipes/configs/ptb_cpu.toml FORMAT=words recipes/text_baselines.sh "$(txl-audio download ptb)"
 set -euo pipefail
 source "$(dirname "$0")/text_common.sh"
 
-src="${1:-$TEXT_DATA/tinyshakespeare.txt}"
+if [[ $# -gt 0 && "$1" != --* ]]; then src="$1"; shift; else src=$(fetch_data tinyshakespeare); fi
 need "$src" "a text file or a PTB/WikiText-style folder"
+stage_done download
 CONFIG="${CONFIG:-$ROOT/recipes/configs/shakespeare_char_cpu.toml}"
 FORMAT="${FORMAT:-bytes}"
 EVAL_SPLIT="${EVAL_SPLIT:-valid}"
@@ -30,7 +31,7 @@ split_args=()
 [[ -f "$src" && "$FORMAT" != enwik8 && "$FORMAT" != text8 ]] && split_args=(--split-fractions "${SPLIT_FRACTIONS:-0.9,0.1,0}")
 txl prepare-text "$src" --out "$OUT/corpus" --format "$FORMAT" "${split_args[@]}"
 
-train_ablations "$CONFIG" "$OUT" "$STEPS" "${@:2}"
+train_ablations "$CONFIG" "$OUT" "$STEPS" "$@"
 for v in xl no_memory absolute rotary; do
     txl evaluate "$OUT/$v" --corpus "$OUT/corpus" --split "$EVAL_SPLIT" --stream --no-baselines --no-progress
 done

@@ -1,13 +1,14 @@
-# Sourced by the text recipes (ptb.sh, wikitext2.sh, shakespeare_char.sh, enwik8.sh, text8.sh,
-# text_baselines.sh): how to call txl-audio, where the corpora are, and the common environment knobs.
+# Sourced by the text recipes (ptb.sh, wikitext2.sh, wikitext103.sh, shakespeare_char.sh, enwik8.sh,
+# text8.sh, text_baselines.sh): how to call txl-audio, and the common environment knobs. Each recipe
+# takes its corpus as the first argument or, without one, downloads it (`txl-audio download NAME`, into
+# TXL_DATA, default ~/.cache/txl_audio; nothing is fetched when it is already there).
 #
 #   OUT     run folder (corpus/ and run/ inside; default runs/<recipe>)
 #   EVAL    extra `txl-audio evaluate` arguments, e.g. EVAL="--mem-len 1600 --clamp-len 1000"
-#   CONFIG, SET, RESUME, NPROC, TXL: see recipes/common.sh
+#   CONFIG, SET, RESUME, NPROC, TXL, TXL_DATA, STOP_AFTER: see recipes/common.sh
 # Arguments after a recipe's input go to `txl-audio train`, e.g. recipes/ptb.sh DIR --set train.lr=1e-3
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-TEXT_DATA="$ROOT/../shared/data/text"
 
 # hutter_recipe FORMAT SRC [train args]: enwik8 or text8 (the file, or the distributed .zip that holds
 # one file named FORMAT) -> corpus with the standard 90M/5M/5M split -> train ($CONFIG into $OUT/run)
