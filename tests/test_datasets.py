@@ -137,6 +137,13 @@ def test_vctk_mic1_protocol_keeps_one_microphone(env):
     assert {r["speaker"] for r in rows} == {"p225", "p226", "p227"} and "split" not in rows[0]
 
 
+def test_delete_archives_keeps_the_corpus_and_a_second_run_downloads_nothing(env, tmp_path):
+    first = download("wikitext-2", progress=False, delete_archives=True)
+    assert first.downloaded and not list((tmp_path / "cache" / "downloads").glob("wikitext-2*"))
+    again = download("wikitext-2", progress=False)
+    assert again.downloaded == [] and (again.path / "wiki.train.tokens").is_file()
+
+
 def test_download_command_prints_the_path_and_errors_in_one_line(env, tmp_path, capsys):
     assert main(["download", "ptb", "--to", str(tmp_path / "elsewhere"), "--quiet"]) == 0
     out, err = capsys.readouterr()
