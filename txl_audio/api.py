@@ -68,8 +68,8 @@ _CONTEXT_MEM_LENS = (0, 256, 1024, 4096)  # txl-audio context's default --mem-le
 
 def load(path: PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
          ) -> Model:
-    """A checkpoint file, or a run folder (its ``best.pt``, else its newest ``ckpt_STEP.pt``), as a
-    :class:`Model` on ``device``.
+    """A shipped model's name (``"speech16"``, ``"speech8"``), a checkpoint file, or a run folder (its
+    ``best.pt``, else its newest ``ckpt_STEP.pt``), as a :class:`Model` on ``device``.
 
     ``device``: None or "auto" (CUDA when torch sees a GPU, else CPU), "cpu", "cuda", "cuda:N" or a
     torch.device. ``dtype``: None (each method as its command defaults: fp32 for scoring, bf16 for
@@ -77,7 +77,7 @@ def load(path: PathLike, device: str | torch.device | None = None, dtype: str | 
     the weights). A missing or unreadable checkpoint is a CheckpointError naming the path.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise type_error("path", path, "a checkpoint file or run folder (str or os.PathLike)")
+        raise type_error("path", path, "a model name, checkpoint file or run folder (str or os.PathLike)")
     if device is not None and not isinstance(device, (str, torch.device)):
         raise type_error("device", device, "None, a device name ('auto', 'cpu', 'cuda:0') or a torch.device")
     if dtype is not None and (not isinstance(dtype, (str, torch.dtype)) or dtype not in _DTYPES):
@@ -85,7 +85,10 @@ def load(path: PathLike, device: str | torch.device | None = None, dtype: str | 
     dev = resolve_device(device, option="device")
     ckpt = resolve_checkpoint(path)
     model, tokenizer, config = load_model(ckpt, dev)
-    return Model(model, tokenizer, config, ckpt, None if dtype is None else _DTYPES[dtype])
+    from txl_audio.models import named_path
+
+    name = str(path) if named_path(str(path)) is not None and not Path(path).exists() else str(ckpt)
+    return Model(model, tokenizer, config, ckpt, None if dtype is None else _DTYPES[dtype], name=name)
 
 
 @dataclass
@@ -144,8 +147,10 @@ class Model:
     """
 
     def __init__(self, model: TransformerXL, tokenizer: Any, config: RunConfig, path: Path,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, name: str | None = None) -> None:
         self.model = model
+        self.name = name or str(path)  # a shipped model's name ("speech16"), else the checkpoint's path
+        self._coder = None  # the codec's portable model, made when first used
         self.tokenizer = tokenizer
         self.config = config
         self.path = Path(path)
@@ -371,35 +376,44 @@ class Model:
     # ---- lossless coding ---------------------------------------------------------------------------
 
     def compress(self, inputs: PathLike | Sequence[PathLike], out_dir: PathLike, *, convert: bool = False,
-                 chunk: int = 4096, batch: int = 16, threads: int | None = 1, progress: bool = False
+                 chunk: int = 4096, batch: int = 256, threads: int | None = None, progress: bool = False
                  ) -> Report:
         """Compress audio files or folders losslessly into ``out_dir/NAME.txla`` (and
-        ``out_dir/compress.csv``), as ``txl-audio compress CKPT INPUT... --out DIR`` does; returns the
-        codec's :class:`~txl_audio.codec.Report` (``report.results``: per file its samples, bytes and
-        bits per sample; ``report.summary()``). A 16-bit model gives back the exact int16 samples of a
-        16 kHz mono 16-bit file (others are refused unless ``convert=True``); an 8-bit model gives back
-        the tokens. ``threads``: torch's CPU threads while coding (recorded in each file; decompress with
-        the same). Runs on the model's device, in fp32.
+        ``out_dir/compress.csv``), as ``txl-audio compress INPUT... --model CKPT --out DIR`` does;
+        returns the codec's :class:`~txl_audio.codec.Report` (``report.results``: per file its samples,
+        bytes and bits per sample; ``report.summary()``). A 16-bit model gives back the exact int16
+        samples of a 16 kHz mono 16-bit file (others are refused unless ``convert=True``); an 8-bit
+        model gives back the tokens. The files decode on any machine (the probabilities come from the
+        model in integer arithmetic); ``threads``: torch's CPU threads while coding.
         """
-        from txl_audio.codec import compress_with
+        from txl_audio.codec import compress_files
 
         paths = _paths("inputs", inputs)
         _check_int("chunk", chunk, lowest=1)
         _check_int("batch", batch, lowest=1)
-        with torch_threads(threads):
-            return compress_with(self.model, self.tokenizer, self.path, paths, _path("out_dir", out_dir),
-                                 convert=convert, chunk=chunk, batch=batch, progress=progress)
+        return compress_files(paths, _path("out_dir", out_dir), model=self._coding_model(), convert=convert,
+                              chunk=chunk, batch=batch, threads=threads, progress=progress)
 
     def decompress(self, files: PathLike | Sequence[PathLike], out_dir: PathLike, *,
                    threads: int | None = None, force: bool = False, progress: bool = False) -> Report:
-        """Decode ``.txla`` files (or folders of them) made with this checkpoint into
-        ``out_dir/NAME.wav``, each checked against its SHA-256, as ``txl-audio decompress`` does; returns
-        the codec's :class:`~txl_audio.codec.Report`. A file made with another model, a corrupt or
-        truncated one is a CodecError naming it. ``threads``: default, as each file records."""
+        """Decode ``.txla`` files (or folders of them) made with this model into ``out_dir/NAME.wav``,
+        each checked against its CRC-32, as ``txl-audio decompress`` does; returns the codec's
+        :class:`~txl_audio.codec.Report`. A file made with another model, a corrupt or truncated one is a
+        CodecError naming it."""
         from txl_audio.codec import decompress_files
 
         return decompress_files(_paths("files", files), _path("out_dir", out_dir), threads=threads,
-                                force=force, progress=progress, model=(self.model, self.tokenizer))
+                                force=force, progress=progress, model=self._coding_model())
+
+    def _coding_model(self):
+        """The codec's view of this model (the portable model is made once)."""
+        if self._coder is None:
+            from txl_audio.codec import coding_model
+            from txl_audio.models import named_path
+
+            named = named_path(str(self.name)) is not None
+            self._coder = coding_model(self.model, self.tokenizer, str(self.name if named else self.path), named)
+        return self._coder
 
 
 # ---- argument checks: a wrong type is an ArgumentTypeError, a wrong value an ArgumentValueError --------

@@ -99,7 +99,16 @@ def latest_checkpoint(
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (its best.pt, else its newest step checkpoint)."""
+    """A checkpoint file, a run directory (its best.pt, else its newest step checkpoint), or the name of
+    a model shipped in the package (``speech16``, ``speech8``: txl_audio/models)."""
+    from txl_audio.models import named_path
+
+    named = named_path(str(path)) if not Path(path).exists() else None
+    if named is not None:
+        if not named.is_file():
+            raise CheckpointError(f"{path}: the named model's file {named} is missing from this installation "
+                                  "(reinstall txl-audio, or train it with its recipe: txl_audio/models/README.md)")
+        return named
     path = Path(path)
     if path.is_dir():
         if (path / "best.pt").is_file():

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help=".txla files or folders holding them")
-    p.add_argument("--out", type=Path, required=True, help="folder for the decoded WAVs")
-    p.add_argument("--checkpoint", default=None,
-                   help="the checkpoint that compressed them (default: the path recorded in each file)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the kind the files were made on")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: as recorded in the file)")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".txla files or folders holding them, or - for stdin")
+    p.add_argument("--out", required=True, help="folder for the decoded WAVs, or - for stdout (one file)")
+    p.add_argument("--model", "--checkpoint", dest="model", default=None,
+                   help="the model that compressed them (default: the shipped model or checkpoint each "
+                        "file names)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=256, help="chunks decoded together (default 256)")
     p.add_argument("--force", action="store_true",
-                   help="decode although torch or the device kind differ from the file's (may fail)")
+                   help="version-2 files (before txl-audio's portable codec): decode although torch or the "
+                        "device kind differ from the file's (may fail)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from txl_audio.codec import decompress_files  # torch: see commands/__init__.py
 
-    report = decompress_files(args.files, args.out, checkpoint=args.checkpoint, device=args.device,
-                              threads=args.threads, force=args.force, progress=not args.no_progress)
-    print(report.summary())
+    report = decompress_files(args.files, args.out, model=args.model, device=args.device, threads=args.threads,
+                              batch=args.batch_size, force=args.force, progress=not args.no_progress)
+    print(report.summary(), file=sys.stderr if args.out == "-" else sys.stdout)
     return 0
