@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -150,6 +152,56 @@ class _Layer:
         return self.ff_norm(x + self.ff(x))
 
 
+@numba.njit(cache=True, parallel=True)
+def _attend_one(qu, qv, keys, values, table, idx, hidden, mul, mul_shift, exp_table):  # pragma: no cover
+    """One decoding step's attention in integers, for every row: the same integers as the segment
+    pass (``_attend``), without float64 copies of the ring. qu, qv (B, H, Dh) int64 (queries plus the
+    content and position biases); keys, values (B, H, S, Dh) int32; table (H, R, Dh) int64 relative
+    keys (R = 0: no position term) with idx (S,) each slot's row in it; hidden (S,) bool."""
+    B, H, S, Dh = keys.shape
+    out = np.zeros((B, H, Dh), dtype=np.int64)
+    rel = table.shape[1] > 0
+    fmask = (1 << EXP_FRAC_BITS) - 1
+    for b in numba.prange(B):
+        scores = np.empty(S, dtype=np.int64)
+        acc = np.empty(Dh, dtype=np.int64)
+        for h in range(H):
+            top = -(1 << 62)
+            for s in range(S):
+                if hidden[s]:
+                    continue
+                sc = 0
+                for d in range(Dh):
+                    sc += qu[b, h, d] * keys[b, h, s, d]
+                if rel:
+                    r = idx[s]
+                    for d in range(Dh):
+                        sc += qv[b, h, d] * table[h, r, d]
+                scores[s] = sc
+                if sc > top:
+                    top = sc
+            for d in range(Dh):
+                acc[d] = 0
+            total = 0
+            for s in range(S):
+                if hidden[s]:
+                    continue
+                diff = (top - scores[s]) >> PRE_SHIFT
+                if diff > (1 << 38):
+                    diff = 1 << 38
+                y = (diff * mul) >> mul_shift
+                n = y >> EXP_FRAC_BITS
+                if n > 16:
+                    continue
+                w = exp_table[y & fmask] >> n
+                total += w
+                for d in range(Dh):
+                    acc[d] += w * values[b, h, s, d]
+            for d in range(Dh):
+                out[b, h, d] = (2 * acc[d] + total) // (2 * total)
+    return out
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x (..., L, Dh) int64 rotated by cos, sin (L, r/2) (TRIG_BITS): pairs i, i + r/2 as
     model.attention.apply_rotary."""
@@ -255,8 +307,10 @@ class PortableModel:
         dev = self.device
         shape = (batch_size, c.n_head, Cc + W, c.d_head)
         z = lambda *s: torch.zeros(*s, dtype=torch.long, device=dev)  # noqa: E731
+        # keys and values are below 2^22: int32 halves the ring's memory (and its traffic per step)
+        z32 = lambda *s: torch.zeros(*s, dtype=torch.int32, device=dev)  # noqa: E731
         return PortableCache(
-            lengths=L, keys=[z(*shape) for _ in self.layers], values=[z(*shape) for _ in self.layers],
+            lengths=L, keys=[z32(*shape) for _ in self.layers], values=[z32(*shape) for _ in self.layers],
             inputs=[z(batch_size, W, c.d_model) for _ in self.layers] if Cc else None,
             slot_pos=torch.full((W,), -(2**40), dtype=torch.long, device=dev), position=0,
             history=z(batch_size, self.prior_order) + HALF if self.prior_order else None,
@@ -340,14 +394,22 @@ class PortableModel:
         H, Dh = layer.H, layer.Dh
         q = layer.q(x).clamp(-QKV_MAX, QKV_MAX).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
         k, v = layer.slot_kv(x)  # (B, H, n, Dh)
-        if rope is not None:
-            q, k = _rotate(q, *rope), _rotate(k, *rope)
-        keys[:, :, slots] = k
-        values[:, :, slots] = v
+        if rope is not None:  # (a rotation can grow a pair by sqrt 2: back within the bound)
+            q = _rotate(q, *rope).clamp(-QKV_MAX, QKV_MAX)
+            k = _rotate(k, *rope).clamp(-QKV_MAX, QKV_MAX)
+        keys[:, :, slots] = k.to(keys.dtype)
+        values[:, :, slots] = v.to(values.dtype)
         if layer.relative:
             qu = (q + layer.u[:, None]).clamp(-QKV_MAX, QKV_MAX)
             qv = (q + layer.v[:, None]).clamp(-QKV_MAX, QKV_MAX)
-            scores = exact_matmul(qu, keys.transpose(-1, -2))  # (B, H, n, C+W)
+        else:
+            qu, qv = q, None
+        if n == 1 and keys.device.type == "cpu":
+            o = self._attend_one(qu, qv, keys, values, dist, hidden, rel_k, crel, layer)[:, :, None]
+            return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh))
+        kf, vf = keys.double(), values.double()
+        if layer.relative:
+            scores = exact_matmul(qu, kf.transpose(-1, -2))  # (B, H, n, C+W)
             by_dist = exact_matmul(qv, rel_k.transpose(-1, -2)[None])  # (B, H, n, W)
             pos_score = by_dist.gather(-1, dist.expand(B, H, n, dist.shape[1]))
             if crel is not None:
@@ -356,14 +418,35 @@ class PortableModel:
                 pos_score = torch.cat([by_c.gather(-1, idx.expand(B, H, n, idx.shape[1])), pos_score], -1)
             scores = scores + pos_score
         else:
-            scores = exact_matmul(q, keys.transpose(-1, -2))
+            scores = exact_matmul(qu, kf.transpose(-1, -2))
         hid = hidden.expand(B, H, n, hidden.shape[-1])
         top = scores.masked_fill(hid, -(2**62)).amax(-1, keepdim=True)
         d = ((top - scores) >> PRE_SHIFT).clamp(max=1 << 38)
         y = (d * layer.mul) >> layer.mul_shift
         p = softmax_weights(y, self.exp_table, 16).masked_fill(hid, 0)  # (B, H, n, C+W), <= 2^16
-        o = round_div(exact_matmul(p, values), p.sum(-1, keepdim=True))  # (B, H, n, Dh)
+        o = round_div(exact_matmul(p, vf), p.sum(-1, keepdim=True))  # (B, H, n, Dh)
         return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh))
+
+    def _attend_one(self, qu, qv, keys, values, dist, hidden, rel_k, crel, layer) -> Tensor:
+        """The numba kernel for one token per row: (B, H, Dh) int64."""
+        H, Dh = layer.H, layer.Dh
+        if rel_k is None:
+            table = np.zeros((H, 0, Dh), dtype=np.int64)
+            idx = np.zeros(hidden.shape[-1], dtype=np.int64)
+            qv_np = np.zeros((qu.shape[0], H, Dh), dtype=np.int64)
+        else:
+            W = rel_k.shape[1]
+            if crel is None:
+                table, idx = rel_k.numpy(), dist[0].numpy()
+            else:  # one table: the compressed slots' distances after the ring's
+                ctab, cidx = crel
+                table = torch.cat([rel_k, ctab], dim=1).numpy()
+                idx = torch.cat([cidx[0] + W, dist[0]]).numpy()
+            qv_np = qv[:, :, 0].contiguous().numpy()
+        o = _attend_one(qu[:, :, 0].contiguous().numpy(), qv_np, keys.numpy(), values.numpy(),
+                        np.ascontiguousarray(table), np.ascontiguousarray(idx), hidden[0].numpy(),
+                        layer.mul, layer.mul_shift, self.exp_table.numpy())
+        return torch.from_numpy(o)
 
     def _compress(self, cache: PortableCache) -> None:
         """At a segment boundary: compress the groups of c positions that left the memory (as
@@ -394,8 +477,8 @@ class PortableModel:
             k, v = layer.slot_kv(layer.attn_norm(comp) if layer.pre_norm else comp)
             if rope is not None:
                 k = _rotate(k, *rope)
-            cache.keys[i][:, :, cslots] = k
-            cache.values[i][:, :, cslots] = v
+            cache.keys[i][:, :, cslots] = k.clamp(-QKV_MAX, QKV_MAX).to(torch.int32)
+            cache.values[i][:, :, cslots] = v.to(torch.int32)
         cache.cmem_pos[cslots] = starts
         cache.compressed_through = begin + groups * c
 
