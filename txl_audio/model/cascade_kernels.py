@@ -63,7 +63,7 @@ SCALE_FRAC = 12  # the scale accumulator's fixed point: 2 ** 12 per 1/16 level
 INT16_MIN, INT16_MAX = -32768, 32767
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dot(a, b, n):
     """sum a[i] * b[i], i < n, in eight partial sums combined in a fixed order: fast (the partial sums
     are independent: the compiler may put them in one vector register, which changes nothing) and
@@ -85,7 +85,7 @@ def _dot(a, b, n):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _power(t, b, n):
     """sum t[i] * b[i]^2 (a weighted power), eight partial sums as :func:`_dot`."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
@@ -104,7 +104,7 @@ def _power(t, b, n):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pow_quarter(s, q):
     """s ** (-q / 4) for q in 0..4 from sqrt and division only (correctly rounded everywhere)."""
     if q == 0:
@@ -120,7 +120,7 @@ def _pow_quarter(s, q):
     return 1.0 / (r * rr)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _push(f, base, n, g, gi, v):
     """Push v into a ring of n values stored twice (f[base : base + 2n]); f[base + g[gi] + i] is then
     the i-th most recent value for i < n, a contiguous span."""
@@ -132,7 +132,7 @@ def _push(f, base, n, g, gi, v):
     f[base + p + n] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _solve(f, ip, fp, sc):
     """Solve (R + nu I) w = b (R symmetric, lower triangle stored) by an LDL^T factorization into
     the scratch ``sc``; keep the old weights when R + nu I is not positive definite."""
@@ -169,7 +169,7 @@ def _solve(f, ip, fp, sc):
         W[i] = Y[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bias_context(g):
     """Which bias table entry: the signs of the last two final residuals and whether the last sample
     rose (3 x 3 x 2 = 18 of the 64 entries)."""
@@ -179,7 +179,7 @@ def _bias_context(g):
     return c1 * 3 + c2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def predict_row(f, g, ip, fp, ct):
     """The prediction of the next sample of one stream (float, and the rounded int in g[G_PRED])."""
     P = ip[I_P]
@@ -221,14 +221,14 @@ def predict_row(f, g, ip, fp, ct):
     return q
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scale_of(g):
     """The running mean of |residual| in units of 1/16 level (>= 1)."""
     s = (g[G_SACC] + (1 << (SCALE_FRAC - 1))) >> SCALE_FRAC
     return s if s > 1 else 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def update_row(f, g, ip, fp, ct, sc, xv):
     """Feed the actual sample ``xv`` (an int) of one stream after :func:`predict_row`."""
     P = ip[I_P]
@@ -312,7 +312,7 @@ def update_row(f, g, ip, fp, ct, sc, xv):
     _push(f, ip[I_HX], P, g, G_HXPOS, x)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def reset_row(f, g, ip, fp, ct):
     """A stream afresh: everything 0 but the mixer's weights (1: the stages' sum), the ring
     positions and the scale's starting value."""
@@ -325,7 +325,7 @@ def reset_row(f, g, ip, fp, ct):
     g[G_SACC] = ip[I_SCALE_INIT] << SCALE_FRAC
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_file(x, ip, fp, ct, nf, ng, nsc, pred, scale, stage1):
     """One stream over x (int64): pred, scale and the stage-1 prediction of every sample."""
     f = np.zeros(nf)
@@ -340,7 +340,7 @@ def run_file(x, ip, fp, ct, nf, ng, nsc, pred, scale, stage1):
         update_row(f, g, ip, fp, ct, sc, x[t])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _clip_round(v):
     if v >= 32767.0:
         return INT16_MAX
@@ -351,7 +351,7 @@ def _clip_round(v):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def step_predict(F, G, rows, ip, fp, ct, pred, scale, stage1):
     """Predict the next sample of each stream in ``rows`` (into pred/scale/stage1[j] for rows[j])."""
     sc0 = ip[I_SCAL]
@@ -362,7 +362,7 @@ def step_predict(F, G, rows, ip, fp, ct, pred, scale, stage1):
         stage1[j] = _clip_round(F[r, sc0 + F_P0])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def step_update(F, G, rows, ip, fp, ct, sc, x):
     """Feed sample x[j] to the stream rows[j] (each after its step_predict)."""
     for j in range(rows.shape[0]):
@@ -370,7 +370,7 @@ def step_update(F, G, rows, ip, fp, ct, sc, x):
         update_row(F[r], G[r], ip, fp, ct, sc, x[j])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def step_reset(F, G, rows, ip, fp, ct):
     for j in range(rows.shape[0]):
         r = rows[j]
