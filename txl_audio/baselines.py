@@ -1,12 +1,15 @@
-"""Baselines beside the model's numbers, each coding the very samples the model predicts, and bootstrap
-intervals over files.
+"""Baselines beside the model's numbers, and bootstrap intervals over files.
 
-- 8-bit (and text) tokens: xz -9e and bzip2 -9 on the tokens as bytes.
-- 16-bit PCM (:func:`pcm16_baselines`): FLAC at its highest compression level (the ``flac`` command,
-  ``-8 --no-padding --no-seektable``, when installed; else libFLAC through libsndfile at level 8 with
-  the metadata blocks other than STREAMINFO not counted), xz -9e on the raw int16 bytes, and a
-  classical column: order-32 linear prediction with coefficients fitted on past samples only and a
-  sample-by-sample adaptive Laplace scale (no side information: :func:`lpc_laplace_bits`).
+- 8-bit (and text) tokens: xz -9e and bzip2 -9 on exactly the tokens the model predicts, as bytes.
+- 16-bit PCM (:func:`pcm16_baselines`): every coder codes the whole file as the user has it (all its
+  samples, each file alone, headers included where a coder writes them): FLAC at its highest level
+  (the ``flac`` command, ``-8 --no-padding --no-seektable``, when installed; else libFLAC through
+  libsndfile at level 8 with the metadata blocks other than STREAMINFO not counted), WavPack's
+  highest mode (``wavpack -hh -x6``, where Debian's ``wavpack`` is installed), Sac (a state-of-the-art
+  lossless coder, where a binary is given: ``TXL_SAC``), xz -9e on the raw int16 bytes, and two
+  classical columns without side information: order-32 linear prediction with coefficients fitted on
+  past samples only and an adaptive Laplace scale (:func:`lpc_laplace_bits`), and the sample-adaptive
+  cascade the 16-bit heads are centred on with an adaptive residual coder (:func:`cascade_bits`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
+from numba import njit
 from scipy.linalg import solve_toeplitz
 from scipy.signal import lfilter
 
 from txl_audio.audio import require, sf
+from txl_audio.model.prior import CascadeConfig, cascade_predict
 from txl_audio.tokenizers import token_dtype
 
 # ----------------------------------------------------------------------------------------------
@@ -163,18 +171,172 @@ def lpc_laplace_bits(samples: np.ndarray, order: int = LPC_ORDER, block: int = L
     return float(-log_p.sum() / math.log(2))
 
 
-def pcm16_baselines(docs: Sequence[np.ndarray], sample_rate: int = 16_000,
-                    workers: int | None = None) -> list[dict[str, float]]:
-    """Per file, bits for exactly the samples the model predicts (``doc[1:]`` of pcm16 tokens): FLAC
-    -8, xz -9e on the raw int16 bytes, and the backward-adaptive order-32 linear prediction."""
+def wavpack_bytes(samples: np.ndarray, sample_rate: int = 16_000) -> int | None:
+    """Size in bytes of ``samples`` (int16) as a WavPack file at its highest compression
+    (``wavpack -hh -x6``), or None without the ``wavpack`` command (Debian: apt-get install wavpack)."""
+    exe = shutil.which("wavpack")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        wav, wv = Path(d) / "x.wav", Path(d) / "x.wv"
+        require(sf, "soundfile").write(wav, np.asarray(samples, dtype=np.int16), sample_rate, subtype="PCM_16")
+        subprocess.run([exe, "-hh", "-x6", "-q", "-y", str(wav), "-o", str(wv)], check=True, capture_output=True)
+        return wv.stat().st_size
+
+
+def wavpack_encoder() -> str | None:
+    exe = shutil.which("wavpack")
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    return f"{out[0] if out else 'wavpack'} -hh -x6"
+
+
+SAC_ENV = "TXL_SAC"  # path of a Sac binary (github.com/slmdev/sac, built by the user): adds its column
+
+
+def sac_binary(path: str | os.PathLike | None = None) -> str | None:
+    """The Sac binary to use: ``path``, else $TXL_SAC, else None. A path that is not an executable file
+    is an error naming it."""
+    p = path if path is not None else os.environ.get(SAC_ENV) or None
+    if p is None:
+        return None
+    p = str(p)
+    if not (os.path.isfile(p) and os.access(p, os.X_OK)):
+        raise FileNotFoundError(f"Sac binary {p!r} (from {'--sac' if path is not None else SAC_ENV}) is not an "
+                                "executable file; build it from github.com/slmdev/sac (docs/results.md)")
+    return p
+
+
+def sac_bytes(samples: np.ndarray, exe: str, mode: str = "normal", sample_rate: int = 16_000) -> int:
+    """Size in bytes of ``samples`` (int16) as a Sac file (``sac --encode --MODE``; headers included)."""
+    with tempfile.TemporaryDirectory() as d:
+        wav, out = Path(d) / "x.wav", Path(d) / "x.sac"
+        require(sf, "soundfile").write(wav, np.asarray(samples, dtype=np.int16), sample_rate, subtype="PCM_16")
+        r = subprocess.run([exe, "--encode", f"--{mode}", str(wav), str(out)], capture_output=True, text=True)
+        if r.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"{exe} --encode --{mode} failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+        return out.stat().st_size
+
+
+# ---- the cascade's column: the cascade's prediction and scale, and an adaptive residual coder ----
+
+CODER_CONTEXTS = 40  # half octaves of the scale, from 1/4 level up
+CODER_BINS = 64  # |residual| 0 .. 15 exactly, then 4 bins per octave up to 65,535
+CODER_PRIOR = 256.0  # counts each context's table starts with, shaped as a Laplace of its scale
+CODER_LIMIT = 65_536.0  # a context's counts halve past this
+
+
+@njit(cache=True)
+def _bin_of(u):
+    """|residual| -> (bin, its first value, its width)."""
+    if u < 16:
+        return u, u, 1
+    nb = 0
+    v = u
+    while v >= 8:
+        v >>= 1
+        nb += 1
+    return 16 + (nb - 2) * 4 + (v - 4), v << nb, 1 << nb
+
+
+@njit(cache=True)
+def _coder_tables():
+    """The counts every file starts with: per context c (scale 2 ** ((c + 0.5) / 2 - 2) levels) the
+    probability of each bin of |residual| under a discretized Laplace of that scale, times
+    CODER_PRIOR, plus a floor."""
+    T = np.zeros((CODER_CONTEXTS, CODER_BINS))
+    for c in range(CODER_CONTEXTS):
+        b = 2.0 ** ((c + 0.5) / 2.0 - 2.0)
+        for u in range(65_536):  # exact bin masses, summed over their values
+            z, lo, w = _bin_of(u)
+            if u == 0:
+                pm = -math.expm1(-0.5 / b)
+            else:
+                pm = math.exp(-(u - 0.5) / b) * -math.expm1(-1.0 / b)
+            T[c, z] += pm
+        for z in range(CODER_BINS):
+            T[c, z] = CODER_PRIOR * T[c, z] + 0.02
+    return T
+
+
+@njit(cache=True, nogil=True)
+def _residual_code_length(x, pred, scale, T0):
+    """Ideal code length in bits of x under the cascade: each residual x - pred coded with the
+    adaptive counts of its scale's context (its bin), the offset in the bin and the sign at one bit
+    each. The same state a decoder has: only past residuals."""
+    T = T0.copy()
+    tot = np.zeros(CODER_CONTEXTS)
+    for c in range(CODER_CONTEXTS):
+        s = 0.0
+        for z in range(CODER_BINS):
+            s += T[c, z]
+        tot[c] = s
+    bits = 0.0
+    for t in range(x.shape[0]):
+        e = x[t] - pred[t]
+        u = e if e >= 0 else -e
+        a = scale[t] / 16.0  # levels
+        c = int(2.0 * (math.log2(max(a, 0.25)) + 2.0))
+        c = min(max(c, 0), CODER_CONTEXTS - 1)
+        z, lo, w = _bin_of(u)
+        bits += math.log2(tot[c] / T[c, z]) + math.log2(w) + (1.0 if u != 0 else 0.0)
+        T[c, z] += 1.0
+        tot[c] += 1.0
+        if tot[c] > CODER_LIMIT:
+            s = 0.0
+            for k in range(CODER_BINS):
+                T[c, k] *= 0.5
+                s += T[c, k]
+            tot[c] = s
+    return bits
+
+
+_TABLES: list[np.ndarray] = []
+
+
+def cascade_bits(samples: np.ndarray, config: CascadeConfig | None = None) -> float:
+    """Code length in bits of int16 ``samples`` (a whole file: the first sample is coded too, from
+    no past) under the cascade (:func:`txl_audio.model.prior.cascade_predict`) and an adaptive residual
+    coder: the residual's magnitude in 64 bins (exact up to 15, then four per octave), counted
+    adaptively in 40 contexts of the cascade's scale (half octaves), each starting from 256 counts
+    shaped as a discretized Laplace of its scale; the position within a bin and the sign at one bit
+    each. Past samples only, no side information: a decoder could follow it. The ideal code length
+    (an arithmetic coder lands within a few bytes of it)."""
+    x = np.asarray(samples).astype(np.int64)
+    if len(x) == 0:
+        return 0.0
+    if not _TABLES:
+        _TABLES.append(_coder_tables())
+    o = cascade_predict(x, config)
+    return float(_residual_code_length(x, o.pred.astype(np.int64), o.scale.astype(np.int64), _TABLES[0]))
+
+
+FIRST_SAMPLE_BITS = 16  # the model does not predict a file's first sample: it is counted as stored raw
+
+
+def pcm16_baselines(docs: Sequence[np.ndarray], sample_rate: int = 16_000, workers: int | None = None,
+                    sac: str | None = None) -> list[dict[str, float]]:
+    """Per file (pcm16 tokens), bits for the whole file (every sample, each file alone): FLAC -8,
+    WavPack -hh -x6 (where installed), Sac --normal (where ``sac`` or $TXL_SAC gives a binary), xz -9e on
+    the raw int16 bytes, the backward-adaptive order-32 linear prediction, and the cascade alone."""
+    exe = sac_binary(sac)
 
     def one(doc: np.ndarray) -> dict[str, float]:
-        x = pcm16_samples(doc[1:])
+        x = pcm16_samples(doc)
         xz = lzma.compress(np.ascontiguousarray(x, dtype="<i2").tobytes(), format=lzma.FORMAT_XZ,
                            preset=9 | lzma.PRESET_EXTREME)
-        return {"flac": 8.0 * flac_bytes(x, sample_rate), "xz": 8.0 * len(xz), "lpc": lpc_laplace_bits(x)}
+        out = {"flac": 8.0 * flac_bytes(x, sample_rate)}
+        wv = wavpack_bytes(x, sample_rate)
+        if wv is not None:
+            out["wavpack"] = 8.0 * wv
+        if exe is not None:
+            out["sac"] = 8.0 * sac_bytes(x, exe, "normal", sample_rate)
+        out.update({"xz": 8.0 * len(xz), "lpc": lpc_laplace_bits(x), "cascade": cascade_bits(x)})
+        return out
 
-    # lzma, the flac process and numpy's filters leave the GIL: threads use every core
+    # lzma, the coders' processes, numpy's filters and the cascade's kernels leave the GIL: threads
+    # use every core
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, docs))
 
