@@ -18,7 +18,7 @@ from txl_audio import numerics
 from txl_audio.coding import Mixture, bernoulli_p, softmax_weights
 from txl_audio.config import ModelConfig
 from txl_audio.model import TransformerXL
-from txl_audio.model.portable import NotExact, PortableModel
+from txl_audio.model.portable import HeadParams, NotExact, PortableModel
 
 VARIANTS = {
     "relative": dict(),
@@ -33,6 +33,9 @@ HEADS = {
     "mixture": dict(vocab_size=65536, head="logistic_mixture", mixture_components=4),
     "mixture_prior": dict(vocab_size=65536, head="logistic_mixture", mixture_components=4, lp_order=6),
     "dual_prior": dict(vocab_size=65536, head="dual_softmax", lp_order=6),
+    "mixture_cascade": dict(vocab_size=65536, head="logistic_mixture", mixture_components=4, lp_order=1,
+                            lp_coefficients="cascade"),
+    "dual_cascade": dict(vocab_size=65536, head="dual_softmax", lp_order=1, lp_coefficients="cascade"),
     "softmax16": dict(vocab_size=65536),
 }
 
@@ -45,6 +48,8 @@ def model(sharp: float = 0.25, seed: int = 0, **kw) -> TransformerXL:
         for name, p in m.named_parameters():
             if p.dim() >= 2 and "proj" not in name and "coef" not in name:
                 p.normal_(0, sharp)
+        if getattr(m, "cascade", False):  # the cascade's features count for something
+            m.lp.features.weight.normal_(0, 0.3)
         if hasattr(m.out, "proj"):
             m.out.proj.weight.normal_(0, 0.05)
     return m.eval()
@@ -61,15 +66,13 @@ def signal(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
 
 
 def params_equal(a, b) -> bool:
-    return all((x is None and y is None) or torch.equal(x, y) for x, y in
-               zip((a.logits, a.hidden, a.mix, a.center, a.shift), (b.logits, b.hidden, b.mix, b.center, b.shift)))
+    return all((getattr(a, f) is None and getattr(b, f) is None) or torch.equal(getattr(a, f), getattr(b, f))
+               for f in HeadParams.FIELDS)
 
 
 def concat(parts):
-    from txl_audio.model.portable import HeadParams
-
     fields = {}
-    for name in ("logits", "hidden", "mix", "center", "shift"):
+    for name in HeadParams.FIELDS:
         xs = [getattr(p, name) for p in parts]
         fields[name] = None if xs[0] is None else torch.cat(xs, dim=1)
     return HeadParams(**fields)
@@ -77,7 +80,7 @@ def concat(parts):
 
 @pytest.mark.numerics
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("head", ["mulaw", "mixture_prior"])
+@pytest.mark.parametrize("head", ["mulaw", "mixture_prior", "mixture_cascade"])
 def test_segment_pass_equals_one_token_steps_exactly(variant, head):
     m = model(**{**HEADS[head], **VARIANTS[variant]})
     pm = PortableModel(m)
@@ -106,8 +109,9 @@ def portable_bits(pm: PortableModel, x: torch.Tensor) -> float:
     p = pm.step(x, pm.init_cache(x.shape[0]))
     nxt = x[:, 1:].reshape(-1).numpy()
     if pm.head == "logistic_mixture":
+        base = None if p.base is None else p.base[:, :-1].reshape(-1).numpy()
         mix = Mixture(p.mix[:, :-1].reshape(-1, p.mix.shape[-1]).numpy(), p.center[:, :-1].reshape(-1).numpy(),
-                      None, pm.K)
+                      base, pm.K)
         p1 = bernoulli_p(mix.path(nxt))
         bits = (nxt[:, None] >> (15 - np.arange(16))) & 1
         return float(-np.log2(np.where(bits == 1, p1, 1 - p1)).sum())

@@ -304,7 +304,7 @@ class Scheme:
         """params (N, ...) of the positions of one step (rows), x (N,) their tokens -> the coder calls
         for them, in order."""
         if self.head == "logistic_mixture":
-            m = Mixture(params.mix.cpu().numpy(), params.center.cpu().numpy(), None, self.pm.K)
+            m = Mixture(params.mix.cpu().numpy(), params.center.cpu().numpy(), _np(params.base), self.pm.K)
             return self._mixture_calls(m.path(x), x)
         return self._categorical_calls(params, x)
 
@@ -345,7 +345,7 @@ class Scheme:
                     values[rows] = dec.decode(family, table[rows])
 
         if self.head == "logistic_mixture":
-            m = Mixture(params.mix.cpu().numpy(), params.center.cpu().numpy(), None, self.pm.K)
+            m = Mixture(params.mix.cpu().numpy(), params.center.cpu().numpy(), _np(params.base), self.pm.K)
             lo, hi, flo, fhi = m.start()
             bit = np.zeros(N, dtype=np.int64)
             for _ in range(ROUNDS):
@@ -437,3 +437,7 @@ def decode_groups(pm, groups: list[tuple[np.ndarray, list[int]]], start: int, on
         result.append([out[i + j, :n].copy() for j, n in enumerate(lens)])
         i += len(lens)
     return result
+
+
+def _np(t):
+    return None if t is None else t.cpu().numpy()

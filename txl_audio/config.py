@@ -166,9 +166,14 @@ class ModelConfig(_Typed):
     head: str = "softmax"
     mixture_components: int = 10  # logistic_mixture: K
     lp_order: int = 0  # 16-bit heads: order of the linear-prediction prior the head is centred on; 0 = none
-    # the prior's coefficients: "network" (predicted from the hidden state) or "fitted" (fitted causally
-    # on the past samples, the backward-adaptive LPC of the baselines, plus the network's correction)
+    # the prior: "network" (coefficients predicted from the hidden state), "fitted" (fitted causally on
+    # the past samples, the backward-adaptive LPC of the baselines, plus the network's correction) or
+    # "cascade" (a sample-adaptive predictor cascade, model/prior.py, whose prediction, residual scale and
+    # recent errors are also the network's inputs; its parameters in ``cascade``)
     lp_coefficients: str = "network"
+    # lp_coefficients = "cascade": the cascade's parameters as JSON (CascadeConfig; "" = its defaults,
+    # written out in full when the config is made, so a checkpoint records them)
+    cascade: str = ""
     lp_aux_weight: float = 1.0  # weight of the prior's Laplace likelihood in the training loss
 
     def __post_init__(self) -> None:
@@ -214,9 +219,20 @@ class ModelConfig(_Typed):
         if self.lp_order < 0 or (self.lp_order and self.head == "softmax"):
             raise ConfigError(f"model.lp_order={self.lp_order}: the linear-prediction prior is for the "
                               "16-bit heads (dual_softmax, logistic_mixture) and must be >= 0")
-        if self.lp_coefficients not in ("network", "fitted"):
-            raise ConfigError("model.lp_coefficients must be 'network' or 'fitted', got "
+        if self.lp_coefficients not in ("network", "fitted", "cascade"):
+            raise ConfigError("model.lp_coefficients must be 'network', 'fitted' or 'cascade', got "
                               f"{self.lp_coefficients!r}")
+        if self.lp_coefficients == "cascade" and self.lp_order:
+            from txl_audio.model.prior import CascadeConfig
+
+            try:
+                cc = CascadeConfig.from_dict(json.loads(self.cascade)) if self.cascade else CascadeConfig()
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"model.cascade={self.cascade!r}: {e}") from None
+            object.__setattr__(self, "cascade", json.dumps(cc.to_dict(), sort_keys=True))
+        elif self.cascade:
+            raise ConfigError("model.cascade sets the cascade prior's parameters: it needs "
+                              "model.lp_coefficients='cascade' and model.lp_order > 0")
         if self.mixture_components < 1:
             raise ConfigError(f"model.mixture_components must be positive, got {self.mixture_components}")
 

@@ -183,6 +183,18 @@ def exp2_table(one_bits: int) -> np.ndarray:
 
 
 @functools.cache
+def log2_table() -> np.ndarray:
+    """round(2^10 log2(1 + i / 1024)) for i = 0 .. 1023 (int64)."""
+    ctx = decimal.Context(prec=40)
+    ln2 = ctx.ln(decimal.Decimal(2))
+    out = []
+    for i in range(1024):
+        v = ctx.divide(ctx.ln(ctx.add(1, ctx.divide(decimal.Decimal(i), 1024))), ln2) * 1024
+        out.append(int(v.to_integral_value(rounding=decimal.ROUND_HALF_EVEN)))
+    return np.array(out, dtype=np.int64)
+
+
+@functools.cache
 def sigmoid_table() -> np.ndarray:
     """round(2^32 sigmoid(z)) on z = -32, -32 + 2^-8, ..., 32 (int64, symmetric: T[i] + T[-1-i] = 2^32
     exactly, so F(z) + F(-z) = 1 holds in the integers)."""

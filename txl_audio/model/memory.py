@@ -116,7 +116,7 @@ class Memory:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Memory:
         """Hidden states moved / cast (keys and values dropped: they belong to the weights' dtype)."""
         p = self.prior
-        if p is not None:
+        if isinstance(p, PriorState):
             p = PriorState(*(None if t is None else t.to(device) for t in
                              (p.history, p.coef, p.seen, p.resid, p.pending)))
         cmem = None if self.cmem is None else tuple(c.to(device=device, dtype=dtype) for c in self.cmem)
@@ -127,9 +127,13 @@ class Memory:
         """Plain data for a checkpoint: the per-layer hidden states (and the prior's state, the stream
         position, the compressed memory) on the CPU."""
         p = self.prior
+        if p is None or not isinstance(p, PriorState):  # none, or the cascade's (its own plain data)
+            prior = None if p is None else p.state()
+        else:
+            prior = {k: None if getattr(p, k) is None else getattr(p, k).cpu()
+                     for k in ("history", "coef", "seen", "resid", "pending")}
         return {"hidden": [m.hidden.detach().cpu() for m in self.layers],
-                "prior": None if p is None else {k: None if getattr(p, k) is None else getattr(p, k).cpu()
-                                                  for k in ("history", "coef", "seen", "resid", "pending")},
+                "prior": prior,
                 "offset": self.offset,
                 "cmem": None if self.cmem is None else [c.detach().cpu() for c in self.cmem],
                 "cmem_pos": list(self.cmem_pos)}
@@ -142,7 +146,11 @@ class Memory:
         hidden, prior = (state["hidden"], state.get("prior")) if isinstance(state, dict) else (state, None)
         if len(hidden) not in (n_layer, n_layer + 1):
             raise ValueError(f"a memory of {len(hidden)} layers does not fit a model of {n_layer} layers")
-        if prior is not None:
+        if prior is not None and prior.get("kind") == "cascade":
+            from txl_audio.model.cascade_prior import CascadeState
+
+            prior = CascadeState.from_state(prior)
+        elif prior is not None:
             prior = PriorState(prior["history"], prior["coef"], prior["seen"], prior.get("resid"),
                                prior.get("pending"))
         extra = state if isinstance(state, dict) else {}

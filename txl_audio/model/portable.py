@@ -37,6 +37,7 @@ from torch import Tensor
 from txl_audio.config import Lengths
 from txl_audio.numerics import (
     ACT_BITS,
+    log2_table,
     EXP_FRAC_BITS,
     MATMUL_IN_MAX,
     QKV_MAX,
@@ -69,19 +70,22 @@ class HeadParams:
     ``logits``: softmax heads' logits (ACT_BITS fractional bits; the 8-bit head, the 65,536-way head,
     the dual softmax's coarse byte); ``hidden``: the final hidden state (the dual softmax's fine byte
     needs it with the coarse byte); ``mix``: the logistic mixture's [logit pi | mu | log s] raw
-    projections; ``center``: the mixture's centre in token units (ACT_BITS bits; the prior's
-    prediction, else 0 meaning the middle level) ... see :mod:`txl_audio.coding`; ``shift``: the dual
-    softmax's residual shift (int)."""
+    projections; ``center``: the mixture's centre in levels from the middle (ACT_BITS bits: the prior's
+    prediction, else 0); ``base``: log2 of the mixture's unit of offsets and scales in levels (2^-10
+    units: the cascade's residual scale; None: full scale); ``shift``: the dual softmax's residual shift
+    (int). See :mod:`txl_audio.coding`."""
 
     logits: Tensor | None = None
     hidden: Tensor | None = None
     mix: Tensor | None = None
     center: Tensor | None = None
     shift: Tensor | None = None
+    base: Tensor | None = None  # the mixture's scale unit: log2 of levels, 2^-10 (None: full scale)
+
+    FIELDS = ("logits", "hidden", "mix", "center", "shift", "base")
 
     def select(self, idx) -> HeadParams:
-        return HeadParams(*(None if t is None else t[idx] for t in
-                            (self.logits, self.hidden, self.mix, self.center, self.shift)))
+        return HeadParams(*(None if getattr(self, f) is None else getattr(self, f)[idx] for f in self.FIELDS))
 
 
 @dataclass
@@ -98,6 +102,7 @@ class PortableCache:
     position: int
     history: Tensor | None  # (B, P) the last P tokens (the network prior's window)
     cmem_pos: Tensor | None = None
+    cascade: object | None = None  # the cascade prior's CascadeState (its integers: the float model's)
     compressed_through: int = 0
 
     @property
@@ -222,6 +227,7 @@ class PortableModel:
         self.device = device
         if c.cutoffs:
             raise NotExact("adaptive softmax (text models) has no portable form: the codec codes audio")
+        self.cascade = model.lp if getattr(model, "cascade", False) else None
         if c.lp_order and c.lp_coefficients == "fitted":
             raise NotExact("the fitted linear-prediction prior (a float Levinson solve per block) has no "
                            "portable form; models with the cascade prior or without a prior do")
@@ -248,8 +254,12 @@ class PortableModel:
         self.layers = [_Layer(layer, c, device) for layer in model.layers]
         fn = model.final_norm
         self.final_norm = LayerNorm(fn.weight, fn.bias, fn.eps).to(device) if c.pre_norm else None
-        self.prior_order = c.lp_order
-        if c.lp_order:  # the network prior: coefficients from h, with 24 fractional bits
+        self.prior_order = c.lp_order if self.cascade is None else 0
+        if self.cascade is not None:  # the cascade's features, projected into the embedding
+            f = model.lp.features
+            self.features = Linear(f.weight, f.bias, in_max=1 << ACT_BITS, name="cascade features").to(device)
+            self.log2_table = torch.from_numpy(log2_table()).to(device)
+        elif c.lp_order:  # the network prior: coefficients from h, with 24 fractional bits
             self.coef = Linear(model.lp.coef.weight, model.lp.coef.bias, out_bits=PRIOR_BITS,
                                name="prior coefficients").to(device)
         self.cmem = None
@@ -314,7 +324,8 @@ class PortableModel:
             inputs=[z(batch_size, W, c.d_model) for _ in self.layers] if Cc else None,
             slot_pos=torch.full((W,), -(2**40), dtype=torch.long, device=dev), position=0,
             history=z(batch_size, self.prior_order) + HALF if self.prior_order else None,
-            cmem_pos=torch.full((Cc,), -(2**40), dtype=torch.long, device=dev) if Cc else None)
+            cmem_pos=torch.full((Cc,), -(2**40), dtype=torch.long, device=dev) if Cc else None,
+            cascade=self.cascade.empty(batch_size) if self.cascade is not None else None)
 
     # ---- the step -----------------------------------------------------------------------------------------
 
@@ -336,7 +347,7 @@ class PortableModel:
         if len(pieces) == 1:
             return pieces[0]
         fields = {}
-        for name in ("logits", "hidden", "mix", "center", "shift"):
+        for name in HeadParams.FIELDS:
             parts = [getattr(p, name) for p in pieces]
             fields[name] = None if parts[0] is None else torch.cat(parts, dim=1)
         return HeadParams(**fields)
@@ -362,6 +373,10 @@ class PortableModel:
             hidden = torch.cat([(cache.cmem_pos < 0)[None].expand(n, Cc), hidden], dim=1)
         dist = dist.clamp(0, W - 1)
         h = self._embed(tokens)  # (B, n, D)
+        cas = None
+        if self.cascade is not None:
+            cas = self._cascade(tokens, pos, cache)
+            h = h + self.features(cas[0])
         if self.config.attention == "absolute":
             table = sinusoid_q(0, L.tgt_len, 1, self.config.d_model, ACT_BITS).to(dev)
             h = h + table[torch.remainder(pos, L.tgt_len)]
@@ -386,7 +401,7 @@ class PortableModel:
         if self.final_norm is not None:
             h = self.final_norm(h)
         cache.position += n
-        return self._head(h, tokens, cache)
+        return self._head(h, tokens, cache, cas)
 
     def _attend(self, layer: _Layer, x: Tensor, keys: Tensor, values: Tensor, slots: Tensor, dist: Tensor,
                 hidden: Tensor, rope, rel_k: Tensor | None, crel, Cc: int) -> Tensor:
@@ -497,9 +512,48 @@ class PortableModel:
         pred = (a.clamp(-(1 << 40), 1 << 40) * win).sum(-1)
         return pred.clamp(-HALF << PRIOR_BITS, (HALF - 1) << PRIOR_BITS)
 
-    def _head(self, h: Tensor, tokens: Tensor, cache: PortableCache) -> HeadParams:
+    def _cascade(self, tokens: Tensor, pos: Tensor, cache: PortableCache) -> tuple[Tensor, Tensor, Tensor]:
+        """The cascade over this piece (the float model's integers), in the portable model's terms:
+        the features (B, n, 4) with ACT_BITS fractional bits, the prediction (B, n) in levels and the
+        log2 of the scale in levels (2^-10)."""
+        from txl_audio.model.cascade_prior import FEATURE_CLIP, HALF as H0, run_cascade
+        from txl_audio.model.prior import SCALE_UNIT, CascadeStream
+
+        B, n = tokens.shape
+        st = cache.cascade
+        stream = CascadeStream(B, self.cascade.config)
+        stream.F, stream.G = st.F.numpy(), st.G.numpy()
+        x = tokens.cpu().numpy().astype(np.int64) - H0
+        reset = np.broadcast_to((pos == 0).cpu().numpy()[None, :], (B, n))
+        pc, sc, p, s, s1, last = run_cascade(stream, x, reset, st.pending.numpy())
+        st.pending.copy_(torch.from_numpy(last))
+        dev = self.device
+        x, pc, sc, p, s, s1 = (torch.from_numpy(a).to(dev) for a in (x, pc, sc, p, s, s1))
+        one = 1 << ACT_BITS
+        assert FEATURE_CLIP == 16 and SCALE_UNIT == 16  # the integer forms below assume both
+
+        def rel(a: Tensor, unit: Tensor) -> Tensor:  # clamp(a / (unit / 16) / 16, +-1) = a / unit
+            return round_div(a << ACT_BITS, unit).clamp(-one, one)
+
+        level = (self._log2(s + SCALE_UNIT) - (4 << 10)) << (ACT_BITS - 10) >> 4  # log2(1 + s/16) / 16
+        feats = torch.stack([level, rel(p - x, s), rel(x - pc, sc), rel(s1 - p, s)], dim=-1)
+        return feats, p, self._log2(s) - (4 << 10)
+
+    def _log2(self, n: Tensor) -> Tensor:
+        """log2 of positive int64 (below 2^53) in 2^-10 units: the exponent from frexp (exact), the
+        mantissa's top 10 bits through a table."""
+        m, e = torch.frexp(n.double())  # n = m 2^e, m in [0.5, 1): exact
+        idx = ((m * 2048).long() - 1024).clamp(0, 1023)  # m * 2^11 in [1024, 2048): exact
+        return ((e.long() - 1) << 10) + self.log2_table[idx]
+
+    def _head(self, h: Tensor, tokens: Tensor, cache: PortableCache, cas=None) -> HeadParams:
         if self.head == "softmax":
             return HeadParams(logits=self.out(h))
+        if cas is not None:
+            _, p, base = cas
+            if self.head == "dual_softmax":
+                return HeadParams(logits=self.out(h), hidden=h, shift=p)
+            return HeadParams(mix=self.out(h), center=p << ACT_BITS, base=base)
         pred = self._prior(h, tokens, cache) if self.prior_order else None
         if self.head == "dual_softmax":
             shift = torch.zeros_like(tokens) if pred is None else round_shift(pred, PRIOR_BITS)

@@ -50,6 +50,7 @@ from txl_audio.model.attention import (
     sdpa_backends,
     sinusoid,
 )
+from txl_audio.model.cascade_prior import CascadePrior
 from txl_audio.model.compressive import Compressor, reconstruction_loss
 from txl_audio.model.heads import (
     HALF,
@@ -183,7 +184,11 @@ class TransformerXL(nn.Module):
         self.adaptive = bool(c.cutoffs)
         # the linear-prediction prior of the 16-bit heads (model/heads.py)
         fitted = c.lp_coefficients == "fitted"
-        self.lp = LinearPredictor(c.d_model, c.lp_order, fitted) if c.lp_order else None
+        self.cascade = c.lp_order > 0 and c.lp_coefficients == "cascade"
+        if self.cascade:  # the predictor cascade (model/prior.py) and its features' projection
+            self.lp = CascadePrior(c.d_model, c.cascade)
+        else:
+            self.lp = LinearPredictor(c.d_model, c.lp_order, fitted) if c.lp_order else None
         if c.head != "softmax":
             # 16-bit audio: both bytes of a sample embedded, a factored output distribution
             self.word_emb = ByteEmbedding(c.d_model)
@@ -245,7 +250,11 @@ class TransformerXL(nn.Module):
         B, T = hidden.shape[:2]
         flat = hidden.flatten(0, 1)  # (N, D)
         pred = log_b = prior = level = None
-        if self.lp is not None:
+        if self.cascade:  # centred on the cascade's prediction, in units of its residual scale
+            level = prior_inputs.level.flatten()
+            p = prior_inputs.pred.flatten()
+            prior = p if self.config.head == "dual_softmax" else p.double() / HALF
+        elif self.lp is not None:
             pi = prior_inputs
             level = None if pi.level is None else pi.level.flatten()
             base = None if pi.base is None else pi.base.flatten(0, 1)
@@ -303,7 +312,7 @@ class TransformerXL(nn.Module):
                 comp.reset_parameters()
         if isinstance(self.out, LogisticMixtureHead):
             self.out.reset_parameters()
-            if self.lp is not None and self.lp.fitted:  # scales relative to the prior's residual level
+            if self.lp is not None and (self.lp.fitted or self.cascade):  # scales relative to its level
                 self.out.centre_scales()
 
     # ---- masks and positions ------------------------------------------------------------------------
@@ -373,6 +382,11 @@ class TransformerXL(nn.Module):
         h = self._embed(tokens)  # (B, T, D)
         if self.config.attention == "absolute":
             h = h + self._abs_pos(T, dev, h.dtype)
+        prior_inputs, prior = None, None
+        if self.lp is not None:  # the prior looks back no further than the file, and the tokens held
+            prior_inputs, prior = self.lp.context(tokens, None if mems is None else mems.prior, doc_pos)
+            if self.cascade:  # the cascade's features are inputs
+                h = h + self.lp.embed(prior_inputs).to(h.dtype)
         h = self.drop(h)
 
         limit = self._query_limit(doc_pos, L)
@@ -422,9 +436,6 @@ class TransformerXL(nn.Module):
                         old = torch.cat([past.hidden[:, :n], old], dim=1)
                     leaving.append((h, old))
                 h = out
-        prior_inputs, prior = None, None
-        if self.lp is not None:  # the prior looks back no further than the file, and the tokens held
-            prior_inputs, prior = self.lp.context(tokens, None if mems is None else mems.prior, doc_pos)
         logits, loss, predicted, aux = self._output(self.drop(self.final_norm(h)), targets, return_logits,
                                                     prior_inputs)
         offset = start + K - new[0].hidden.shape[1]
@@ -571,7 +582,9 @@ class TransformerXL(nn.Module):
             else:
                 abs_pos = self._abs_pos(L.tgt_len, p.device, dtype)  # (tgt_len, D)
         prior = None
-        if self.lp is not None:  # the prior's last tokens (masked until they exist) and coefficients
+        if self.cascade:  # every stream's cascade from its start (on the CPU)
+            prior = self.lp.empty(batch_size)
+        elif self.lp is not None:  # the prior's last tokens (masked until they exist) and coefficients
             fitted = self.lp.fitted
             z = lambda *shape, dt=torch.float64: torch.zeros(*shape, dtype=dt, device=p.device)  # noqa: E731
             prior = PriorState(
@@ -639,6 +652,13 @@ class TransformerXL(nn.Module):
         h = self._embed(tokens)  # (B, n, D)
         if cache.abs_pos is not None:
             h = h + cache.abs_pos.index_select(0, torch.remainder(pos, L.tgt_len)).to(h.dtype)
+        prior_inputs = None
+        if self.cascade:  # the cascade steps on the CPU (no CUDA graph for these models), in place
+            if h.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("a model with the cascade prior cannot be captured in a CUDA graph")
+            prior_inputs, _ = self.lp.context(tokens, cache.prior, pos[None, :].expand(tokens.shape[0], n),
+                                              in_place=True)
+            h = h + self.lp.embed(prior_inputs).to(h.dtype)
         h = self.drop(h)
         dtype = cache.layers[0].keys.dtype
         crel_idx = None
@@ -657,8 +677,7 @@ class TransformerXL(nn.Module):
                     ring.hidden.index_copy_(1, slots, h.to(ring.hidden.dtype))
                 crel = None if crel_idx is None else (cache.cmem_rel[i], crel_idx)
                 h = layer.step(h, ring, slots + Cc, rel_k, dist, mask, rope, crel)
-        prior_inputs = None
-        if cache.prior is not None:  # the prior looks back as far as the stream goes
+        if cache.prior is not None and not self.cascade:  # the prior looks back as far as the stream goes
             capturing = h.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
             prior_inputs, new = self.lp.context(tokens, cache.prior, pos[None, :].expand(tokens.shape[0], n),
                                                 dense=capturing)
