@@ -3,12 +3,13 @@
 A batch of chunks is coded together (one model step per sample for the whole batch), so the
 aggregate rate grows with the batch while one stream's rate stays that of a cached decoding step plus
 the range coder. Models with random weights (the speed does not depend on what they learned): the
-16-bit CPU recipe's architecture (recipes/configs/lossless16_cpu.toml: a logistic mixture with the
-fitted prior) and the 8-bit demo's (tiny_cpu.toml), or any --config.
+shipped 16-bit model's architecture (recipes/configs/speech16.toml: a logistic mixture on the predictor
+cascade) and the 8-bit demo's (tiny_cpu.toml), or any --config. On a GPU it also checks that a file made
+on the CPU and one made on the GPU are the same bytes and that each decodes on the other device.
 
     python benchmarks/codec_speed.py                              # CPU, batch 1 4 16
     python benchmarks/codec_speed.py --device cuda --batch 1 16 64 \
-        --config recipes/configs/lossless16_gpu.toml
+        --config recipes/configs/sc09_gpu.toml
 
 Prints a table and writes benchmarks/results/codec_speed.json (or --out).
 """
@@ -16,6 +17,7 @@ Prints a table and writes benchmarks/results/codec_speed.json (or --out).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -36,7 +38,7 @@ from txl_audio.devices import device_name  # noqa: E402
 from txl_audio.model import TransformerXL  # noqa: E402
 from txl_audio.tokenizers import make_tokenizer  # noqa: E402
 
-CONFIGS = {"lossless16_cpu": ("recipes/configs/lossless16_cpu.toml", "pcm16"),
+CONFIGS = {"speech16": ("recipes/configs/speech16.toml", "pcm16"),
            "tiny_cpu": ("recipes/configs/tiny_cpu.toml", "mulaw8")}
 
 
@@ -51,16 +53,26 @@ def measure(model, tokenizer, batch: int, chunk: int, device: torch.device) -> d
     tokens = np.asarray(tokenizer.encode(speech_like(batch * chunk))).astype(np.int64)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        r = codec.compress_tokens(model, tokenizer, tokens, Path(d) / "x.txla", chunk=chunk, batch=batch)
+        cm = codec.coding_model(model, tokenizer)
+        r = codec.compress_tokens(cm, tokens, Path(d) / "x.txla", chunk=chunk, batch=batch)
         t1 = time.perf_counter()
-        _, back = codec.decompress_tokens(model, r.path)
+        back = codec.decompress_tokens(cm, r.path, batch=batch)
         t2 = time.perf_counter()
-    assert np.array_equal(back, tokens)
+        assert np.array_equal(back, tokens)
+        cross = None
+        if device.type != "cpu":  # the same bytes from the CPU, and each device decodes the other's file
+            cpu = codec.coding_model(copy.deepcopy(model).cpu(), tokenizer)
+            c_cpu = codec.compress_tokens(cpu, tokens, Path(d) / "cpu.txla", chunk=chunk, batch=batch)
+            cross = (c_cpu.path.read_bytes() == r.path.read_bytes()
+                     and np.array_equal(codec.decompress_tokens(cm, c_cpu.path, batch=batch), tokens)
+                     and np.array_equal(codec.decompress_tokens(cpu, r.path, batch=batch), tokens))
+            assert cross, "a file made on the CPU and one made on the GPU differ or do not decode on the other"
     n = len(tokens)
     c, d = n / (t1 - t0), n / (t2 - t1)
     return {"batch": batch, "chunk": chunk, "samples": n, "bits_per_sample": r.bits_per_sample,
             "compress_samples_per_s": c, "decompress_samples_per_s": d,
-            "compress_realtime": c / SAMPLE_RATE, "decompress_realtime": d / SAMPLE_RATE}
+            "compress_realtime": c / SAMPLE_RATE, "decompress_realtime": d / SAMPLE_RATE,
+            "cpu_gpu_files_identical": cross}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,7 @@ if [ "$QUICK" = 1 ]; then
     SPEED_ARGS=(--quick --dtype fp32)
     GEN_ARGS=(--models small --dtype fp32 --batch 1 4 --steps 5 --ref-steps 2 --min-seconds 0.05)
     MEM_ARGS=(--quick)
-    CODEC_ARGS=(--quick --models tiny_cpu)
+    CODEC_ARGS=(--quick --models tiny_cpu speech16)
     ROTARY_ARGS=(--quick)
     CMEM_ARGS=(--quick)
     PREFLIGHT_ARGS=(--quick)
@@ -80,7 +80,7 @@ else
     GEN_ARGS=(--models issue3 issue3_dual issue3_mixture --config recipes/configs/audio_small.toml --dtype bf16
               --batch 1 16 64 --steps 300 --ref-steps 20 --min-seconds 1)
     MEM_ARGS=(--mem-lens 0,1024,2048,4096,8192,16384)
-    CODEC_ARGS=(--models tiny_cpu --config recipes/configs/lossless16_gpu.toml --batch 1 64 256 --chunk 1024)
+    CODEC_ARGS=(--models tiny_cpu speech16 --batch 1 64 256 --chunk 1024)
     ROTARY_ARGS=(--dtype bf16 --mem-lens 512,2048,8192)
     CMEM_ARGS=(--dtype bf16 --mem-lens 2048,8192)
     PREFLIGHT_ARGS=()
@@ -150,7 +150,7 @@ log "peak memory against mem_len (tgt_len 512)"
 step memory_scaling 60 $PY benchmarks/memory_scaling.py --device "$DEVICE" "${MEM_ARGS[@]}" \
     --out "$WORK/memory_scaling.json"
 
-log "lossless codec samples/s (compress and decompress, bit-exact round trip checked)"
+log "lossless codec samples/s (compress and decompress, bit-exact round trip checked; CPU-made and GPU-made files identical and each decoded on the other device)"
 step codec_speed 60 $PY benchmarks/codec_speed.py --device "$DEVICE" "${CODEC_ARGS[@]}" \
     --out "$WORK/codec_speed.json"
 

@@ -26,8 +26,12 @@ def sharp_model(vocab=16, mem_len=16, tgt_len=8, attention="relative", seed=0, *
         **kw,
     )
     model = TransformerXL(cfg)
+    # uniform with standard deviation 0.4 from integers: torch's normal_ takes a vectorised path whose
+    # last bits depend on the CPU (ATEN_CPU_CAPABILITY), and these weights feed stored references
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() >= 2 or name.endswith(("u", "v")):
-                p.normal_(0, 0.4)
+                k = torch.randint(-(2**20), 2**20, p.shape, generator=g, dtype=torch.int64)
+                p.copy_((k.double() + 0.5) * (0.4 * 3**0.5 / 2**20))
     return model.eval()

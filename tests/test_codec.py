@@ -300,7 +300,6 @@ for name in sys.argv[4:]:
 """
 
 
-@pytest.mark.numerics
 def test_files_decode_on_another_cpu_and_thread_count(tmp_path):
     """Compressed under one ATEN_CPU_CAPABILITY and thread count, decompressed under the others
     (oneDNN and MKL capped too): 8-bit and 16-bit heads, relative and rotary attention, a compressive
@@ -335,3 +334,31 @@ def test_files_decode_on_another_cpu_and_thread_count(tmp_path):
         for s in reads:
             r = run("decompress", s)
             assert r.returncode == 0 and r.stdout.count("decoded") == len(names), r.stderr
+
+
+@pytest.mark.cuda
+def test_files_made_on_the_cpu_decode_on_the_gpu_and_back(tmp_path):
+    """The portable model on a CUDA device computes the CPU's integers: a file compressed on the CPU
+    decompresses on the GPU, and one compressed on the GPU decompresses on the CPU, bit for bit (8-bit
+    and 16-bit heads, rotary attention and a compressive memory, large weights)."""
+    kinds = {
+        "mulaw": dict(vocab_size=256, attention="rotary", cmem_len=8, cmem_ratio=2, mem_len=16, tgt_len=16),
+        "mixture": dict(vocab_size=65536, head="logistic_mixture", mixture_components=4, lp_order=8,
+                        lp_coefficients="cascade"),
+    }
+    rng = np.random.default_rng(0)
+    t = np.arange(6000)
+    for name, kw in kinds.items():
+        ckpt = checkpoint(tmp_path / f"{name}.pt", "pcm16" if kw["vocab_size"] == 65536 else "mulaw8",
+                          sharp=0.3, **kw)
+        cpu, gpu = codec.load_coding_model(ckpt, "cpu"), codec.load_coding_model(ckpt, "cuda")
+        assert gpu.portable.device.type == "cuda"
+        if cpu.sixteen:
+            x = (32768 + 6000 * np.sin(t / 9) + rng.normal(0, 300, len(t))).astype(np.int64)
+        else:
+            x = np.clip(128 + 60 * np.sin(t / 9) + rng.normal(0, 4, len(t)), 0, 255).astype(np.int64)
+        a = codec.compress_tokens(cpu, x, tmp_path / f"{name}_cpu.txla", chunk=1000, group_chunks=2)
+        b = codec.compress_tokens(gpu, x, tmp_path / f"{name}_gpu.txla", chunk=1000, group_chunks=2)
+        assert a.path.read_bytes() == b.path.read_bytes(), name  # the same code from either device
+        assert np.array_equal(codec.decompress_tokens(gpu, a.path), x), name
+        assert np.array_equal(codec.decompress_tokens(cpu, b.path), x), name

@@ -61,6 +61,7 @@ def close(a, b, tol=1e-5):
 ATTN = ["relative", "rotary"]  # the attentions with a memory
 
 
+@pytest.mark.numerics  # kernels that differ between CPUs: CI reruns it as another CPU
 @pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_segments_with_memory_equal_one_pass(pre_norm, attn):
@@ -127,6 +128,7 @@ def test_memory_carries_no_gradient_into_previous_segment():
     assert g[torch.unique(seg2)].abs().sum(-1).min() > 0
 
 
+@pytest.mark.numerics  # kernels that differ between CPUs: CI reruns it as another CPU
 @pytest.mark.parametrize("attn", ATTN)
 def test_batched_equals_one_at_a_time(attn):
     model = make_model(tiny(attention=attn))
@@ -179,6 +181,7 @@ def test_loss_is_per_token_nll_and_ignores_ignore_index():
     close(lean.loss, out.loss, tol=0)
 
 
+@pytest.mark.numerics  # kernels that differ between CPUs: CI reruns it as another CPU
 def test_matches_einsum_reference_in_float64():
     cfg = tiny(same_length=True, clamp_len=3, mem_len=6)
     model = make_model(cfg).double()
@@ -188,6 +191,7 @@ def test_matches_einsum_reference_in_float64():
     close(run_segments(model, x, 5, dp), run_segments(ref, x, 5, dp), tol=1e-12)
 
 
+@pytest.mark.numerics  # kernels that differ between CPUs: CI reruns it as another CPU
 @pytest.mark.parametrize("block", [0, 2], ids=["all_queries", "query_blocks"])
 @pytest.mark.parametrize("kw", [dict(), dict(same_length=True, clamp_len=3)])
 def test_inference_matches_einsum_reference(block, kw, monkeypatch):
@@ -203,6 +207,7 @@ def test_inference_matches_einsum_reference(block, kw, monkeypatch):
         close(run_segments(model, x, 5, dp), run_segments(ref, x, 5, dp), tol=1e-12)
 
 
+@pytest.mark.numerics  # kernels that differ between CPUs: CI reruns it as another CPU
 @pytest.mark.parametrize("kw", [dict(), dict(same_length=True, pre_norm=True)])
 @pytest.mark.parametrize("chunk", [None, 1], ids=["one_chunk", "row_by_row"])
 def test_gradients_match_einsum_reference(kw, chunk, monkeypatch):
@@ -393,6 +398,7 @@ def norm(m: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     ],
     ids=["plain", "clamp_len", "same_length", "both", "absolute", "rotary", "rotary_half_same_base100"],
 )
+@pytest.mark.numerics  # kernels that differ between CPUs: CI reruns it as another CPU
 def test_matches_loop_implementation_of_the_paper(kw):
     cfg = tiny(tgt_len=4, **{"mem_len": 6, **kw})
     model = make_model(cfg)
@@ -583,6 +589,7 @@ CACHE_CASES = [
 CACHE_IDS = ["plain", "short_mem", "pre_norm_clamp", "same_length", "absolute", "rotary", "rotary_half_same"]
 
 
+@pytest.mark.numerics  # kernels that differ between CPUs: CI reruns it as another CPU
 @pytest.mark.parametrize("kw", CACHE_CASES, ids=CACHE_IDS)
 @pytest.mark.parametrize("block", [256, 2], ids=["default_blocks", "query_blocks_of_2"])
 def test_cached_decoding_equals_segment_by_segment_forward(kw, block, monkeypatch):

@@ -39,7 +39,7 @@ import torch
 from txl_audio import audio as audio_io
 from txl_audio.checkpoint import load_model, resolve_checkpoint
 from txl_audio.config import RunConfig
-from txl_audio.devices import resolve_device, torch_threads
+from txl_audio.devices import resolve_device
 from txl_audio.errors import type_error, value_error
 from txl_audio.evaluate import evaluate_tokens, file_documents, tokenize_file, tokenize_text
 from txl_audio.generate import (

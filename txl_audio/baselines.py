@@ -22,10 +22,9 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-
-import tempfile
 from pathlib import Path
 
 import numpy as np

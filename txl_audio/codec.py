@@ -73,10 +73,22 @@ class CodecError(TxlAudioError, ValueError):
 # the model that codes
 
 
+# Fields the model config gained after files were first made, with the value that means "absent": left
+# out of the hash while they hold it, so a model's id (and every file made with it) survives the config
+# growing a new option.
+LATER_FIELDS = {"cascade": ""}
+
+
+def config_json(config) -> str:
+    """The config as the model id hashes it: sorted JSON, without later fields at their absent value."""
+    d = {k: v for k, v in asdict(config).items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    return json.dumps(d, sort_keys=True)
+
+
 def model_hash(model) -> str:
     """SHA-256 of a float model's config and weights (names, dtypes, shapes and bytes, in name order):
     the portable model is a deterministic function of them, so this identifies the probabilities."""
-    h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True).encode())
+    h = hashlib.sha256(config_json(model.config).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -18,7 +18,7 @@ import json
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ import constriction
 import numpy as np
 import torch
 
+from txl_audio.codec import MAGIC, CodecError, config_json
 from txl_audio.decoders import CachedDecoder
-from txl_audio.codec import MAGIC, CodecError
 from txl_audio.generate import start_token
 from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import Predicted
@@ -42,7 +42,7 @@ VERSION = 2  # 2: the JSON header zlib-compressed, without the model's config (i
 
 def model_hash(model: TransformerXL) -> str:
     """SHA-256 of the model's config and weights (names, dtypes, shapes and bytes, in name order)."""
-    h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True).encode())
+    h = hashlib.sha256(config_json(model.config).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -37,7 +37,6 @@ from torch import Tensor
 from txl_audio.config import Lengths
 from txl_audio.numerics import (
     ACT_BITS,
-    log2_table,
     EXP_FRAC_BITS,
     MATMUL_IN_MAX,
     QKV_MAX,
@@ -46,6 +45,7 @@ from txl_audio.numerics import (
     NotExact,
     exact_matmul,
     exp2_table,
+    log2_table,
     log2_units,
     quantise,
     rotary_q,
@@ -516,7 +516,8 @@ class PortableModel:
         """The cascade over this piece (the float model's integers), in the portable model's terms:
         the features (B, n, 4) with ACT_BITS fractional bits, the prediction (B, n) in levels and the
         log2 of the scale in levels (2^-10)."""
-        from txl_audio.model.cascade_prior import FEATURE_CLIP, HALF as H0, run_cascade
+        from txl_audio.model.cascade_prior import FEATURE_CLIP, run_cascade
+        from txl_audio.model.cascade_prior import HALF as H0
         from txl_audio.model.prior import SCALE_UNIT, CascadeStream
 
         B, n = tokens.shape
