@@ -49,9 +49,11 @@ from txl_audio.generate import (
     generate_tokens,
     new_token_count,
     text_prompt,
+    training_corpus_stats,
 )
 from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import check_sampling_args
+from txl_audio.quality import quality_report
 
 if TYPE_CHECKING:  # the codec needs constriction, the context plots matplotlib: imported when used
     from txl_audio.codec import Report
@@ -290,7 +292,8 @@ class Model:
                  prompt_seconds: float | None = None, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, *, tokens: int | None = None,
                  prompt_text: str | None = None, sample_rate: int | None = None, batch_size: int = 8,
-                 include_prompt: bool = True, progress: bool = False) -> np.ndarray | list[str]:
+                 include_prompt: bool = True, progress: bool = False, return_report: bool = False
+                 ) -> np.ndarray | list[str] | tuple[np.ndarray, dict[str, Any]]:
         """``num`` samples, the same as ``txl-audio generate CKPT --seed SEED`` writes with the same
         settings (and the same ``batch_size``, 8 by default as there).
 
@@ -304,6 +307,11 @@ class Model:
         Text model: returns ``num`` strings, the prompt text as the model read it then ``tokens`` new
         tokens (default 200), as each ``sample_NNN.txt``; ``prompt`` is a UTF-8 file's path, or give
         ``prompt_text=`` the text.
+
+        ``return_report=True`` (audio): returns ``(samples, report)``, the report the command writes into
+        generation.json under "quality" (each new sample's RMS over time, clipped share, zero crossings,
+        spectral flatness and degenerations, beside the training corpus's figures; ``report["warnings"]``:
+        one line per degenerate sample), measured on the new audio (the prompt left out).
 
         ``temperature`` (0 = greedy), ``top_k``, ``top_p``: as the command's options. ``seed``: the
         same seed and batch size give the same samples (None: a fresh random seed). The model decodes in
@@ -362,8 +370,13 @@ class Model:
         if not audio:
             return [(prompt_str if include_prompt else "") + self.tokenizer.decode(row) for row in gen.tokens]
         head = prompt_wave if include_prompt else prompt_wave[:0]
-        return np.stack([np.concatenate([head, np.asarray(self.tokenizer.decode(row), dtype=np.float32)])
-                         for row in gen.tokens])
+        new = [np.asarray(self.tokenizer.decode(row), dtype=np.float32) for row in gen.tokens]
+        samples = np.stack([np.concatenate([head, w]) for w in new])
+        if not return_report:
+            return samples
+        report = quality_report([(f"sample_{i:03d}", w) for i, w in enumerate(new)],
+                                training_corpus_stats(self.path, self.config))
+        return samples, report
 
     def _decoding_model(self) -> TransformerXL:
         """The model generation runs: a bf16 copy (made once) where the command would decode in bf16."""

@@ -45,12 +45,13 @@ import torch
 from tqdm import tqdm
 
 from txl_audio.audio import SAMPLE_RATE, load_audio, save_audio
-from txl_audio.checkpoint import load_model, resolve_checkpoint
+from txl_audio.checkpoint import load_checkpoint, load_model, resolve_checkpoint
 from txl_audio.config import Lengths
 from txl_audio.decoders import make_decoder
 from txl_audio.devices import device_name, resolve_device, torch_threads
 from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import check_sampling_args, draw, filter_logits  # noqa: F401 (public here too)
+from txl_audio.quality import corpus_stats, quality_report
 from txl_audio.spectrogram import plot_spectrogram
 
 ProgressFn = Callable[[int], None]
@@ -338,11 +339,13 @@ def generate_files(
     n_new = new_token_count(audio, seconds, tokens)
     start = start_token(tokenizer)
     files: list[dict[str, Any]] = []
+    new_waves: list[tuple[str, np.ndarray]] = []
 
     def write(first: int, new: np.ndarray) -> None:
         for j in range(len(new)):
             stem = f"sample_{first + j:03d}"
             if audio:
+                new_waves.append((f"{stem}.wav", np.asarray(tokenizer.decode(new[j]), dtype=np.float32)))
                 files.append(_write_audio(out, stem, prompt_wave, tokenizer.decode(new[j]), plots,
                                           f"{ckpt_path.name}, T={temperature}",
                                           boundary if prompt is not None else None))
@@ -388,10 +391,28 @@ def generate_files(
             "realtime_factor": rate / SAMPLE_RATE,
             "realtime_factor_per_stream": rate / SAMPLE_RATE / streams,
         })
+        report["quality"] = quality_report(new_waves, training_corpus_stats(ckpt_path, run_config))
     else:
         report["prompt_characters"] = len(prompt_text)
     (out / "generation.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def training_corpus_stats(ckpt_path: str | Path, run_config: Any) -> dict[str, Any] | None:
+    """The training audio's figures (:mod:`txl_audio.quality`): stored in the checkpoint by training,
+    else (older checkpoints) computed from the corpus the run names when it is still there, else None."""
+    try:
+        stats = load_checkpoint(ckpt_path).get("corpus_stats")
+    except Exception:  # noqa: BLE001 (the model loaded from it: this is only the figures)
+        stats = None
+    if stats is not None:
+        return stats
+    from txl_audio.data import Corpus
+
+    try:
+        return corpus_stats(Corpus(run_config.data.corpus), run_config.data.train_split)
+    except (OSError, ValueError):
+        return None
 
 
 def _text_prompt(path: str, tokenizer: Any) -> np.ndarray:

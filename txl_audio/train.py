@@ -69,6 +69,7 @@ from txl_audio.devices import resolve_device
 from txl_audio.distributed import Processes, init_processes
 from txl_audio.evaluate import score_lanes
 from txl_audio.model import Memory, TransformerXL
+from txl_audio.quality import corpus_stats
 from txl_audio.training_log import ProgressBar, TrainingLog, TrainWindow, loss_report
 
 
@@ -199,6 +200,7 @@ class Run:
     best_valid: float | None = None
     bad_in_row: int = 0
     memories: list[Memory | None] = field(default_factory=list)  # one per accumulation chunk of streams
+    corpus_stats: dict[str, Any] | None = None  # the training audio's figures (quality.py), in checkpoints
 
     @property
     def tc(self) -> TrainConfig:
@@ -247,8 +249,10 @@ def set_up(config: RunConfig, out: Path, procs: Processes, device: torch.device,
     batches = Batches(_stream(corpus, config.data.train_split, tc.batch_size, config.model.tgt_len, procs,
                               shuffle=True, seed=tc.seed))
     optimizer = make_optimizer(model, tc, fused=device.type == "cuda")
+    # what generation compares its samples with (rank 0 writes the checkpoints; a second or two)
+    stats = corpus_stats(corpus, config.data.train_split) if procs.main else None
     return Run(config, out, procs, device, corpus, model, forward, optimizer, autocast_for(device, tc),
-               batches, tlog, memories=[None] * tc.grad_accum)
+               batches, tlog, memories=[None] * tc.grad_accum, corpus_stats=stats)
 
 
 # ---------------------------------------------------------------- one step
@@ -363,6 +367,7 @@ def save_best(run: Run, record: dict[str, Any]) -> None:
         save_checkpoint(run.out / "best.pt", {
             "format": 1, "model": run.model.state_dict(), "step": run.step,
             "config": run.config.to_dict(), "tokenizer": run.corpus.tokenizer.to_dict(), "valid": record,
+            "corpus_stats": run.corpus_stats,
         })
 
 
@@ -386,6 +391,7 @@ def save(run: Run, elapsed: float) -> Path | None:
         "bad_steps_in_row": run.bad_in_row,
         "config": run.config.to_dict(),
         "tokenizer": run.corpus.tokenizer.to_dict(),
+        "corpus_stats": run.corpus_stats,
         "world_size": run.procs.world,
         "ranks": ranks,
     })

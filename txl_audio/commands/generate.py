@@ -49,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
                  f"real time over {streams} streams")
     else:
         speed = f"{report['tokens_per_second']:,.0f} tokens/s over {streams} streams"
+    quality = report.get("quality")
+    if quality is not None:  # what the samples are, beside the training audio; a warning per degenerate one
+        for line in quality["lines"]:
+            print(f"quality: {line}")
+        for line in quality["warnings"]:
+            print(line)
     print(f"wrote {len(report['files'])} samples to {args.out} ({speed} on {report['device_name']}); "
           f"settings in {args.out}/generation.json")
     return 0

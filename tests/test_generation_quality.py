@@ -1,0 +1,192 @@
+"""Generated audio beside its training corpus (issue 28): the figures and degeneration checks of
+txl_audio/quality.py, the corpus figures training stores in checkpoints, the report `generate` writes,
+and a small 16-bit model's samples staying within the corpus's level range.
+
+The model is trained once per module (300 steps, ~10 s on one thread) on the bundled Speech Commands
+sample as a 16-bit corpus (tests keep to one thread).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from txl_audio import quality as Q
+from txl_audio.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SC = ROOT / "data" / "speech_commands_v002_test"
+LJ = ROOT / "data" / "ljspeech_sentences_read"
+
+
+def _model_config(corpus: Path, head: str, lp_order: int, lp: str = "fitted", steps: int = 300) -> RunConfig:
+    return RunConfig.from_dict({
+        "model": {"vocab_size": 65536, "n_layer": 2, "d_model": 64, "n_head": 2, "d_head": 32,
+                  "d_inner": 128, "dropout": 0.0, "dropatt": 0.0, "tgt_len": 64, "mem_len": 64,
+                  "pre_norm": True, "head": head, "mixture_components": 10, "lp_order": lp_order,
+                  "lp_coefficients": lp, "lp_aux_weight": 1.0},
+        "data": {"corpus": str(corpus), "eval_batch_size": 8, "max_eval_tokens": 8192},
+        "train": {"seed": 0, "batch_size": 8, "lr": 2e-3, "min_lr": 5e-5, "warmup_steps": 50,
+                  "max_steps": steps, "log_every": 100, "eval_every": 1000, "ckpt_every": 1000,
+                  "keep_checkpoints": 1, "threads": 1},
+    })
+
+
+@pytest.fixture(scope="module")
+def corpus16(tmp_path_factory) -> Path:
+    from txl_audio.prepare import prepare_audio
+
+    out = tmp_path_factory.mktemp("q") / "corpus16"
+    prepare_audio([str(SC)], str(out), tokenizer="pcm16", workers=1, progress=False)
+    return out
+
+
+def _train(corpus: Path, out: Path, head: str, lp_order: int, lp: str = "fitted") -> Path:
+    from txl_audio.train import train
+
+    torch.set_num_threads(1)
+    train(_model_config(corpus, head, lp_order, lp), out, progress=False, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lossless16_run(corpus16, tmp_path_factory) -> Path:
+    """The lossless16 recipe's head, small: a logistic mixture on the fitted order-32 LPC prior."""
+    return _train(corpus16, tmp_path_factory.mktemp("q") / "run", "logistic_mixture", 32)
+
+
+# ---- the figures and the checks --------------------------------------------------------------------------
+
+
+def _speech() -> list[np.ndarray]:
+    files = sorted(LJ.glob("*.flac"))[:6] + sorted(SC.glob("*/*.flac"))[::10]
+    return [sf.read(f, dtype="float64")[0] for f in files]
+
+
+def test_figures_of_simple_signals():
+    t = np.arange(32_000) / 16_000
+    nyquist = np.where(np.arange(32_000) % 2 == 0, 32767, -32768) / 32768.0
+    s = Q.wave_stats(nyquist)
+    assert s["clipped"] == 1.0 and s["zcr"] == pytest.approx(1.0) and s["rms_dbfs"] > -0.01
+    sine = 0.5 * np.sin(2 * np.pi * 440 * t)
+    s = Q.wave_stats(sine)
+    assert s["rms_dbfs"] == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.01)
+    assert s["zcr"] == pytest.approx(2 * 440 / 16_000, rel=0.01) and s["flatness"] < 1e-3
+    noise = np.random.default_rng(0).standard_normal(32_000) * 0.1
+    assert Q.wave_stats(noise)["flatness"] > 0.4
+    assert len(Q.wave_stats(noise)["frame_rms_dbfs"]) == 20
+
+
+@pytest.mark.parametrize("kind, phrase", [
+    ("nyquist", "sustained full scale"), ("railed", "sustained full scale"), ("dc", "a constant"),
+    ("tone", "a pure tone"), ("silence", "silence"), ("near_silence", "silence"),
+])
+def test_warning_fires_on_degenerate_samples(kind, phrase):
+    n = 32_000
+    rng = np.random.default_rng(1)
+    speech_start = np.concatenate([_speech()[0][:8000], np.zeros(n - 8000)])
+    waves = {
+        # the issue's blow-up: speech-like start, then a full-scale square wave at the Nyquist frequency
+        "nyquist": np.concatenate([speech_start[:4000],
+                                   np.where(np.arange(n - 4000) % 2 == 0, 32767, -32768) / 32768.0]),
+        "railed": np.full(n, 32767 / 32768.0),
+        "dc": np.full(n, 0.25),
+        "tone": 0.3 * np.sin(2 * np.pi * 1000 * np.arange(n) / 16_000),
+        "silence": np.zeros(n),
+        "near_silence": rng.integers(-1, 2, n) / 32768.0,
+    }
+    report = Q.quality_report([("sample_000.wav", waves[kind])], None)
+    assert len(report["warnings"]) == 1 and phrase in report["warnings"][0], report["warnings"]
+    assert report["warnings"][0].startswith("warning: sample_000.wav degenerated:")
+    assert not report["ok"]
+
+
+def test_warning_does_not_fire_on_real_speech():
+    for wave in _speech():
+        assert Q.degeneration(wave) == []
+
+
+# ---- the corpus's figures in the checkpoint, the report generate writes --------------------------------
+
+
+def test_checkpoint_holds_corpus_figures(lossless16_run):
+    from txl_audio.checkpoint import load_checkpoint
+
+    for name in ("best.pt", "ckpt_300.pt"):
+        c = load_checkpoint(lossless16_run / name)["corpus_stats"]
+        assert c["split"] == "train" and c["files"] > 100
+        assert -45 < c["rms_dbfs"]["p50"] < -15 and 0.02 < c["zcr"]["p50"] < 0.3
+        assert c["clipped"]["mean"] < 1e-3
+
+
+def test_generate_writes_quality_report(lossless16_run, tmp_path, capsys):
+    from txl_audio.cli import main
+
+    assert main(["generate", str(lossless16_run), "--out", str(tmp_path), "--tokens", "3200", "--num", "1",
+                 "--seed", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "quality: sample_000.wav: RMS" in printed and "quality: corpus (train" in printed
+    report = json.loads((tmp_path / "generation.json").read_text())
+    q = report["quality"]
+    (s,) = q["samples"]
+    assert s["name"] == "sample_000.wav" and len(s["frame_rms_dbfs"]) == 2
+    assert {"rms_dbfs", "clipped", "zcr", "flatness", "degenerate", "within_corpus"} <= set(s)
+    assert q["corpus"]["files"] > 100
+    assert (tmp_path / "sample_000.png").stat().st_size > 10_000
+
+
+def test_api_generate_returns_the_report(lossless16_run):
+    import txl_audio
+
+    m = txl_audio.load(lossless16_run)
+    samples, report = m.generate(tokens=1600, num=1, seed=0, return_report=True)
+    assert samples.shape == (1, 1600)
+    assert report["samples"][0]["rms_dbfs"] == pytest.approx(Q.wave_stats(samples[0])["rms_dbfs"], abs=0.01)
+    assert report["corpus"] is not None
+
+
+# ---- the samples themselves --------------------------------------------------------------------------
+
+
+def _generate(run: Path, seconds: float, num: int = 1) -> list[np.ndarray]:
+    from txl_audio.checkpoint import load_model
+    from txl_audio.generate import generate_tokens
+
+    model, tok, _ = load_model(run, "cpu")
+    gen = generate_tokens(model, tok, int(seconds * 16_000), num, num, seed=0, show_progress=False)
+    return [np.asarray(tok.decode(r), dtype=np.float64) for r in gen.tokens]
+
+
+def _assert_within_corpus(run: Path, waves: list[np.ndarray]) -> None:
+    from txl_audio.checkpoint import load_checkpoint
+
+    corpus = load_checkpoint(run / "best.pt")["corpus_stats"]
+    report = Q.quality_report([(f"sample_{i:03d}", w) for i, w in enumerate(waves)], corpus)
+    for s in report["samples"]:
+        assert not s["degenerate"], report["lines"]
+        assert s["within_corpus"]["rms"] and s["within_corpus"]["loudest"], report["lines"]
+        assert s["within_corpus"]["clipped"] and s["within_corpus"]["zcr"], report["lines"]
+
+
+@pytest.mark.xfail(reason="issue 28 open: the prior heads' samples still drift to full scale", strict=False)
+def test_16bit_fitted_prior_samples_stay_in_corpus_range(lossless16_run):
+    """The lossless16 recipe's head (small, 300 steps): 2 s of samples at the corpus's level, no sustained
+    clipping. On the code before issue 28 both streams reach full scale within 0.3 s."""
+    _assert_within_corpus(lossless16_run, _generate(lossless16_run, 2.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head, lp_order, lp", [
+    ("logistic_mixture", 0, "fitted"), ("dual_softmax", 0, "fitted"),
+    pytest.param("dual_softmax", 32, "fitted", marks=pytest.mark.xfail(reason="issue 28 open", strict=False)),
+    pytest.param("logistic_mixture", 32, "cascade", marks=pytest.mark.xfail(reason="issue 28 open",
+                                                                              strict=False)),
+])
+def test_every_16bit_head_stays_in_corpus_range(corpus16, tmp_path, head, lp_order, lp):
+    run = _train(corpus16, tmp_path / "run", head, lp_order, lp)
+    _assert_within_corpus(run, _generate(run, 2.0, 2))
