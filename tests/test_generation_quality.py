@@ -173,7 +173,8 @@ def _assert_within_corpus(run: Path, waves: list[np.ndarray]) -> None:
         assert s["within_corpus"]["clipped"] and s["within_corpus"]["zcr"], report["lines"]
 
 
-@pytest.mark.xfail(reason="issue 28 open: the prior heads' samples still drift to full scale", strict=False)
+@pytest.mark.slow  # 40 s; strict: once issue 28 is fixed it passes and the marker must go
+@pytest.mark.xfail(reason="issue 28 open: the prior heads' samples still drift to full scale", strict=True)
 def test_16bit_fitted_prior_samples_stay_in_corpus_range(lossless16_run):
     """The lossless16 recipe's head (small, 300 steps): 2 s of samples at the corpus's level, no sustained
     clipping. On the code before issue 28 both streams reach full scale within 0.3 s."""

@@ -158,30 +158,35 @@ class _Layer:
 
 
 @numba.njit(cache=True, parallel=True)
-def _attend_one(qu, qv, keys, values, table, idx, hidden, mul, mul_shift, exp_table):  # pragma: no cover
-    """One decoding step's attention in integers, for every row: the same integers as the segment
-    pass (``_attend``), without float64 copies of the ring. qu, qv (B, H, Dh) int64 (queries plus the
-    content and position biases); keys, values (B, H, S, Dh) int32; table (H, R, Dh) int64 relative
-    keys (R = 0: no position term) with idx (S,) each slot's row in it; hidden (S,) bool."""
+def _attend_rows(qu, qv, keys, values, table, idx, hidden, mul, mul_shift, exp_table):  # pragma: no cover
+    """Attention in integers for n queries per row, reading the int32 ring in place (no float64 copies
+    of it, no (B, H, n, S) temporaries): the same integers as the tensor path of ``_attend``. qu, qv
+    (B, H, n, Dh) int64 (queries plus the content and position biases); keys, values (B, H, S, Dh)
+    int32; table (H, R, Dh) int64 relative keys (R = 0: no position term) with idx (n, S) each
+    query's row in it for each slot; hidden (n, S) bool. Every sum is of integers in int64 (bounded by
+    the exactness checks), so the order of the loops does not matter."""
     B, H, S, Dh = keys.shape
-    out = np.zeros((B, H, Dh), dtype=np.int64)
+    n = qu.shape[2]
+    out = np.zeros((B, H, n, Dh), dtype=np.int64)
     rel = table.shape[1] > 0
     fmask = (1 << EXP_FRAC_BITS) - 1
-    for b in numba.prange(B):
+    for bh in numba.prange(B * H):
+        b = bh // H
+        h = bh % H
         scores = np.empty(S, dtype=np.int64)
         acc = np.empty(Dh, dtype=np.int64)
-        for h in range(H):
+        for i in range(n):
             top = -(1 << 62)
             for s in range(S):
-                if hidden[s]:
+                if hidden[i, s]:
                     continue
                 sc = 0
                 for d in range(Dh):
-                    sc += qu[b, h, d] * keys[b, h, s, d]
+                    sc += qu[b, h, i, d] * keys[b, h, s, d]
                 if rel:
-                    r = idx[s]
+                    r = idx[i, s]
                     for d in range(Dh):
-                        sc += qv[b, h, d] * table[h, r, d]
+                        sc += qv[b, h, i, d] * table[h, r, d]
                 scores[s] = sc
                 if sc > top:
                     top = sc
@@ -189,21 +194,21 @@ def _attend_one(qu, qv, keys, values, table, idx, hidden, mul, mul_shift, exp_ta
                 acc[d] = 0
             total = 0
             for s in range(S):
-                if hidden[s]:
+                if hidden[i, s]:
                     continue
                 diff = (top - scores[s]) >> PRE_SHIFT
                 if diff > (1 << 38):
                     diff = 1 << 38
                 y = (diff * mul) >> mul_shift
-                n = y >> EXP_FRAC_BITS
-                if n > 16:
+                m = y >> EXP_FRAC_BITS
+                if m > 16:
                     continue
-                w = exp_table[y & fmask] >> n
+                w = exp_table[y & fmask] >> m
                 total += w
                 for d in range(Dh):
                     acc[d] += w * values[b, h, s, d]
             for d in range(Dh):
-                out[b, h, d] = (2 * acc[d] + total) // (2 * total)
+                out[b, h, i, d] = (2 * acc[d] + total) // (2 * total)
     return out
 
 
@@ -225,6 +230,9 @@ class PortableModel:
         self.config = c
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.device = device
+        # on the CPU, attention runs in a numba kernel over the int32 ring (the same integers as the
+        # tensor path, which a GPU uses; tests compare the two by turning this off)
+        self.kernel = True
         if c.cutoffs:
             raise NotExact("adaptive softmax (text models) has no portable form: the codec codes audio")
         self.cascade = model.lp if getattr(model, "cascade", False) else None
@@ -419,8 +427,8 @@ class PortableModel:
             qv = (q + layer.v[:, None]).clamp(-QKV_MAX, QKV_MAX)
         else:
             qu, qv = q, None
-        if n == 1 and keys.device.type == "cpu":
-            o = self._attend_one(qu, qv, keys, values, dist, hidden, rel_k, crel, layer)[:, :, None]
+        if self.kernel and keys.device.type == "cpu":
+            o = self._attend_kernel(qu, qv, keys, values, dist, hidden, rel_k, crel, layer)
             return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh))
         kf, vf = keys.double(), values.double()
         if layer.relative:
@@ -442,25 +450,27 @@ class PortableModel:
         o = round_div(exact_matmul(p, vf), p.sum(-1, keepdim=True))  # (B, H, n, Dh)
         return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh))
 
-    def _attend_one(self, qu, qv, keys, values, dist, hidden, rel_k, crel, layer) -> Tensor:
-        """The numba kernel for one token per row: (B, H, Dh) int64."""
+    def _attend_kernel(self, qu, qv, keys, values, dist, hidden, rel_k, crel, layer) -> Tensor:
+        """The numba kernel (CPU): (B, H, n, Dh) int64."""
         H, Dh = layer.H, layer.Dh
+        B, _, n, _ = qu.shape
         if rel_k is None:
             table = np.zeros((H, 0, Dh), dtype=np.int64)
-            idx = np.zeros(hidden.shape[-1], dtype=np.int64)
-            qv_np = np.zeros((qu.shape[0], H, Dh), dtype=np.int64)
+            idx = np.zeros(hidden.shape, dtype=np.int64)
+            qv_np = np.zeros((B, H, n, Dh), dtype=np.int64)
         else:
             W = rel_k.shape[1]
             if crel is None:
-                table, idx = rel_k.numpy(), dist[0].numpy()
+                table, idx = rel_k.numpy(), dist.numpy()
             else:  # one table: the compressed slots' distances after the ring's
                 ctab, cidx = crel
                 table = torch.cat([rel_k, ctab], dim=1).numpy()
-                idx = torch.cat([cidx[0] + W, dist[0]]).numpy()
-            qv_np = qv[:, :, 0].contiguous().numpy()
-        o = _attend_one(qu[:, :, 0].contiguous().numpy(), qv_np, keys.numpy(), values.numpy(),
-                        np.ascontiguousarray(table), np.ascontiguousarray(idx), hidden[0].numpy(),
-                        layer.mul, layer.mul_shift, self.exp_table.numpy())
+                idx = torch.cat([cidx + W, dist], dim=1).numpy()
+            qv_np = qv.contiguous().numpy()
+        o = _attend_rows(qu.contiguous().numpy(), qv_np, keys.numpy(), values.numpy(),
+                         np.ascontiguousarray(table), np.ascontiguousarray(idx),
+                         np.ascontiguousarray(hidden.numpy()), layer.mul, layer.mul_shift,
+                         self.exp_table.numpy())
         return torch.from_numpy(o)
 
     def _compress(self, cache: PortableCache) -> None:
