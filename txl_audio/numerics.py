@@ -28,6 +28,7 @@ import decimal
 import functools
 import math
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -116,17 +117,45 @@ class Linear:
             self.bias = torch.round(bias.detach().to("cpu", torch.float64) * 2.0**out_bits).long()
         self.out_features = out_features
 
+        self._post()
+
+    def _post(self) -> None:
+        """What follows the product, per output column: add the rounding half of the shift, shift
+        right, add the bias (``left`` shifts up instead: never nonzero for weights below 2^15)."""
+        s = self.shift
+        self.half = torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp(min=0), torch.zeros_like(s))
+        self.plain = not bool(self.left.any())
+        self.bias0 = self.bias if self.bias is not None else torch.zeros_like(s)
+
     def to(self, device: torch.device) -> Linear:
         self.weight_t = self.weight_t.to(device)
         self.shift, self.left = self.shift.to(device), self.left.to(device)
         if self.bias is not None:
             self.bias = self.bias.to(device)
+        self._post()
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
-        acc = exact_matmul(x.clamp(-self.in_max, self.in_max), self.weight_t)
-        y = round_shift(acc, self.shift) << self.left
+        xd = x.clamp(-self.in_max, self.in_max).double()
+        acc = torch.matmul(xd, self.weight_t)  # integers below 2^53: exact
+        if self.plain and acc.device.type == "cpu":  # one pass instead of five tensor operations
+            out = _shift_columns(acc.reshape(-1, acc.shape[-1]).numpy(), self.half.numpy(), self.shift.numpy(),
+                                 self.bias0.numpy())
+            return torch.from_numpy(out).view(acc.shape)
+        y = (acc.long() + self.half) >> self.shift << self.left
         return y if self.bias is None else y + self.bias
+
+
+@numba.njit(cache=True)
+def _shift_columns(acc, half, shift, bias):  # pragma: no cover
+    """((int64(acc) + half) >> shift) + bias per column; acc (N, M) float64 holding integers below
+    2^53 (exactly converted)."""
+    N, M = acc.shape
+    out = np.empty((N, M), dtype=np.int64)
+    for i in range(N):
+        for j in range(M):
+            out[i, j] = ((np.int64(acc[i, j]) + half[j]) >> shift[j]) + bias[j]
+    return out
 
 
 def quantise(t: Tensor, bits: int = ACT_BITS) -> Tensor:
