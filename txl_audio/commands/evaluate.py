@@ -89,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
         source=str(args.corpus) if args.corpus else [str(a) for a in args.audio],
         compiled=args.compile,  # tokens/s then includes the compilation
     )
-    out = args.out or path.parent / f"eval_{d.split}"
+    # beside the checkpoint, except for a shipped model (never write into the package): runs/NAME/
+    from txl_audio.models import FOLDER
+
+    home = Path("runs") / path.stem if path.parent == FOLDER else path.parent
+    out = args.out or home / f"eval_{d.split}"
     res.write(out)
     print(f"checkpoint {path}")
     print(res.report())

@@ -25,4 +25,29 @@ def named_path(name: str) -> Path | None:
     return None if entry is None else FOLDER / entry[0]
 
 
-__all__ = ["DEFAULT_CODEC_MODEL", "NAMED", "named_path"]
+def export(checkpoint: str | Path, out: str | Path, **info) -> dict:
+    """Write the parts of a training checkpoint a named model needs (float32 weights, config,
+    tokenizer, the corpus's figures, ``info`` such as the recipe and its numbers) to ``out``; returns
+    what it wrote without the weights, with the model id the codec records."""
+    import torch
+
+    from txl_audio.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from txl_audio.codec import ID_BYTES, model_hash
+
+    state = load_checkpoint(checkpoint)
+    keep = {"model": {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()},
+            "config": state["config"], "tokenizer": state["tokenizer"], "step": state.get("step", 0)}
+    for key in ("corpus_stats",):
+        if key in state:
+            keep[key] = state[key]
+    keep["info"] = {k: v for k, v in info.items()}
+    save_checkpoint(out, keep)
+    Path(out).chmod(0o644)  # a package file, readable by everyone
+    model, _, _ = load_model(out, torch.device("cpu"))
+    meta = {"file": str(out), "bytes": Path(out).stat().st_size, "step": keep["step"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "model_id": bytes.fromhex(model_hash(model))[:ID_BYTES].hex(), **keep["info"]}
+    return meta
+
+
+__all__ = ["DEFAULT_CODEC_MODEL", "NAMED", "export", "named_path"]
