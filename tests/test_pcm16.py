@@ -98,7 +98,13 @@ def test_train_evaluate_and_generate_16_bit(pcm16_corpus, tmp_path, head):
         assert 0 < s[f"{k}_bits_per_token"] < 16, k
     assert s["bzip2_bits_per_token"] is None and "flac" in s["flac_encoder"].lower()
     header = (tmp_path / "eval" / "per_file.csv").read_text().splitlines()[0]
-    assert header == "file,tokens,bits_per_sample,flac_bits_per_sample,lpc_bits_per_sample,xz_bits_per_sample"
+    wavpack = ["wavpack"] if shutil.which("wavpack") else []
+    columns = [f"{k}_bits_per_sample" for k in ["flac", *wavpack, "lpc", "cascade", "xz"]]
+    assert header == ",".join(["file", "tokens", "bits_per_sample", "whole_file_bits_per_sample", *columns])
+    # whole files on both sides: the model's first sample of each file at 16 bits, over every sample
+    files, tokens = s["files"], s["tokens"]
+    assert s["whole_file_bits_per_sample"] == pytest.approx(
+        (s["bits_per_token"] * tokens + 16 * files) / (tokens + files))
     # generation writes 16-bit PCM
     assert main(["generate", str(out), "--out", str(tmp_path / "gen"), "--seconds", "0.01", "--num", "2",
                  "--device", "cpu", "--no-plots"]) == 0

@@ -49,7 +49,9 @@ from txl_audio.tokenizers import metric_name
 PCM16_LEVELS = 65_536
 
 # The baselines a report may carry (baselines.py), in the order shown, with their labels
-BASELINES = {"flac": "FLAC -8", "lpc": "LPC-32 + adaptive Laplace", "xz": "xz -9e", "bzip2": "bzip2 -9"}
+BASELINES = {"flac": "FLAC -8", "wavpack": "WavPack -hh -x6", "sac": "Sac --normal", "lpc": "LPC-32 + adaptive Laplace",
+             "cascade": "cascade alone", "xz": "xz -9e", "bzip2": "bzip2 -9"}
+PCM16_FIRST_SAMPLE_BITS = 16  # the model does not predict a file's first sample: stored as is
 
 
 @dataclass
@@ -119,12 +121,25 @@ class EvalResult:
         present = {k for f in self.files for k in f.baseline_bits}
         return [k for k in BASELINES if k in present]
 
+    @property
+    def whole_files(self) -> bool:
+        """16-bit audio: the baselines coded whole files (every sample), and the model is compared on
+        whole files too (its first sample per file at 16 bits)."""
+        return self.unit == "sample" and self.levels == PCM16_LEVELS
+
+    def whole_file_bits(self) -> float:
+        """The model's bits per sample of whole files: every predicted token's NLL plus 16 bits for
+        each file's first sample, over all samples."""
+        n = sum(1 for f in self.files if f.tokens > 0)
+        return (self.nll_nats / math.log(2) + PCM16_FIRST_SAMPLE_BITS * n) / max(self.tokens + n, 1)
+
     def compressor_bits(self, which: str) -> float | None:
-        """A baseline's bits per token over all files (None when it was not run)."""
+        """A baseline's bits per token over all files (None when it was not run); for 16-bit audio per
+        sample of the whole files (the baselines code every sample)."""
         bits = [f.baseline_bits.get(which) for f in self.files if f.tokens > 0]
         if not bits or any(b is None for b in bits):
             return None
-        return sum(bits) / max(self.tokens, 1)
+        return sum(bits) / max(self.tokens + (len(bits) if self.whole_files else 0), 1)
 
     def summary(self) -> dict[str, Any]:
         fb = self.file_bits()
@@ -151,6 +166,8 @@ class EvalResult:
         }
         if self.unit == "word":
             d["perplexity"] = math.exp(d["nll_nats_per_token"])
+        if self.whole_files:
+            d["whole_file_bits_per_sample"] = self.whole_file_bits()
         if self.sample_rate:
             d["audio_seconds"] = (self.tokens + len(fb)) / self.sample_rate
         return d
@@ -176,11 +193,13 @@ class EvalResult:
         if self.unit == "word":
             lines.append(f"        perplexity {s['perplexity']:.2f}")
         width = max([9, *(len(BASELINES[k]) + 1 for k in self.baseline_names)])
+        if self.whole_files and self.baseline_names:
+            lines.append(f"{'model':<{width}}{s['whole_file_bits_per_sample']:.4f} {self.metric} of whole files "
+                         f"(each file's first sample at {PCM16_FIRST_SAMPLE_BITS} bits), beside:")
         for name in self.baseline_names:
             label = f"{BASELINES[name]:<{width}}"
-            lines.append(
-                f"{label}{s[f'{name}_bits_per_token']:.4f} {self.metric} (same tokens, each file alone)"
-            )
+            what = "the same whole files, each alone" if self.whole_files else "same tokens, each file alone"
+            lines.append(f"{label}{s[f'{name}_bits_per_token']:.4f} {self.metric} ({what})")
         if self.seconds > 0:
             lines.append(f"{s['tokens_per_second']:,.0f} tokens/s on {self.device} ({self.dtype})")
         return "\n".join(lines)
@@ -193,10 +212,15 @@ class EvalResult:
             w = csv.writer(f)
             u = self.unit  # sample, byte or word: the column names say which
             names = self.baseline_names or ["xz", "bzip2"]
-            w.writerow(["file", "tokens", f"bits_per_{u}", *(f"{k}_bits_per_{u}" for k in names)])
+            whole = ["whole_file_bits_per_sample"] if self.whole_files else []
+            w.writerow(["file", "tokens", f"bits_per_{u}", *whole, *(f"{k}_bits_per_{u}" for k in names)])
             for r in self.files:
-                base = ["" if k not in r.baseline_bits else f"{r.baseline_bits[k] / max(r.tokens, 1):.6f}"
+                per = r.tokens + (1 if self.whole_files and r.tokens else 0)  # whole files: all samples
+                base = ["" if k not in r.baseline_bits else f"{r.baseline_bits[k] / max(per, 1):.6f}"
                         for k in names]
+                if whole:  # the model on the whole file: its first sample at 16 bits
+                    wb = (r.nll_nats / math.log(2) + PCM16_FIRST_SAMPLE_BITS) / per if r.tokens else 0.0
+                    base = [f"{wb:.6f}", *base]
                 w.writerow([r.name, r.tokens, f"{r.bits_per_token:.6f}", *base])
         (out / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
         return out
