@@ -1,26 +1,31 @@
-"""The codec's table: real compressed size beside the model's own code length and the classical
-compressors, on the same samples of a prepared corpus split, with compress and decompress speed.
+"""The codec's table: `txl-audio compress` with a named model (or a checkpoint) beside FLAC -8, WavPack
+-hh -x6, Sac (when given) and xz on the same whole files as the user has them, with speeds.
 
-For each file of the split (or the first ``--files``): ``txl_audio.codec.compress_tokens`` writes a
-.txla file (headers included in its size), ``decompress_tokens`` decodes it and the result must equal
-the input bit for bit (else the script stops). On exactly the same tokens:
+Each set is a folder of audio files, or ``CORPUS:SPLIT`` (the source files of a prepared corpus's
+split, e.g. the held-out speakers). For every file of a set (up to ``--seconds`` of audio, files in
+name order): the .txla size (``compress_files``: one batch over all the set's files; headers in), and
+on the very same int16 samples FLAC -8 (the ``flac`` command without padding or seek table, else
+libFLAC), WavPack -hh -x6 (where installed), Sac --normal and --high (``--sac PATH`` or $TXL_SAC; --high
+only with ``--sac-high``: it runs at about 0.5x real time), xz -9e on the raw bytes. Every .txla is
+decompressed and must give back the file's samples exactly (else the script stops). Speeds: samples/s
+and x real time of compress and decompress for the whole set on this machine (``--threads``), and
+FLAC's / WavPack's / Sac's encoding time over the same files (one process per file, as a user runs
+them). ``--long N`` adds a row for one N-second file made by joining the set's files (the codec's
+chunks of one long file in one batch).
 
-- 16-bit model: FLAC -8 (no padding, no seek table), WavPack's highest mode (``wavpack -hh -x6``; a
-  column only where Debian's ``wavpack`` is installed), xz -9e and bzip2 -9 on the raw int16 bytes;
-- 8-bit model: xz -9e and bzip2 -9 on the code bytes, and FLAC -8 on the codes as 8-bit PCM.
+Also the float model's own code length on the same files and chunks (the codec's chunks from an empty
+memory after the start token; what the portable integer model costs is the .txla payload beside it).
 
-Every column counts the whole file (all samples: the codec stores the first one too), in bits per
-sample; speeds are samples/s and x real time on this machine with ``--threads``.
-
-    python benchmarks/codec_table.py CKPT --corpus DIR [--split test] [--files 40] [--out DIR]
+    python benchmarks/codec_table.py --set sc_heldout=runs/speech_models/speech16/corpus:test \\
+        --set read=/path/to/read_speech --sac /path/to/sac --out benchmarks/results/codec
 """
 
 from __future__ import annotations
 
 import argparse
-import bz2
 import json
 import lzma
+import math
 import platform
 import shutil
 import subprocess
@@ -35,146 +40,226 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from txl_audio.audio import SAMPLE_RATE  # noqa: E402
-from txl_audio.baselines import flac_bytes, pcm16_samples  # noqa: E402
-from txl_audio.checkpoint import load_model, resolve_checkpoint  # noqa: E402
-from txl_audio.codec import (  # noqa: E402
-    SUFFIX,
-    compress_tokens,
-    decompress_tokens,
-    read_container,
-    sixteen_bit,
-)
-from txl_audio.evaluate import evaluate_tokens, load_documents  # noqa: E402
+from txl_audio import codec  # noqa: E402
+from txl_audio.audio import AUDIO_EXTENSIONS, SAMPLE_RATE  # noqa: E402
+from txl_audio.baselines import flac_bytes, flac_encoder, sac_binary, wavpack_encoder  # noqa: E402
+from txl_audio.data import IGNORE_INDEX  # noqa: E402
+from txl_audio.devices import device_name  # noqa: E402
 
 
-def wavpack_bytes(samples: np.ndarray) -> int | None:
-    """Size of ``samples`` (int16) as WavPack at its highest compression (-hh -x6), or None without the
-    ``wavpack`` command."""
-    exe = shutil.which("wavpack")
-    if exe is None:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        wav, wv = Path(d) / "x.wav", Path(d) / "x.wv"
-        sf.write(wav, samples.astype(np.int16), SAMPLE_RATE, subtype="PCM_16")
-        subprocess.run([exe, "-hh", "-x6", "-q", "-y", str(wav), "-o", str(wv)], check=True,
-                       capture_output=True)
-        return wv.stat().st_size
+def set_files(source: str) -> list[Path]:
+    """A folder's audio files (recursive, name order), or CORPUS:SPLIT's source files."""
+    if ":" in source and not Path(source).exists():
+        corpus, split = source.rsplit(":", 1)
+        meta = json.loads((Path(corpus) / "meta.json").read_text())
+        return [Path(f["path"]) for f in meta["files"] if f.get("split") == split]
+    return sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
-def raw_bytes(tokens: np.ndarray, sixteen: bool) -> bytes:
-    if sixteen:
-        return np.ascontiguousarray(pcm16_samples(tokens), dtype="<i2").tobytes()
-    return np.ascontiguousarray(tokens, dtype=np.uint8).tobytes()
+def timed_size(cmd: list[str], out: Path) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+    return out.stat().st_size, dt
 
 
-def baselines(tokens: np.ndarray, sixteen: bool) -> dict[str, int]:
-    """Bytes of each classical compressor on exactly these tokens."""
-    raw = raw_bytes(tokens, sixteen)
-    out = {"xz -9e": len(lzma.compress(raw, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)),
-           "bzip2 -9": len(bz2.compress(raw, compresslevel=9))}
-    if sixteen:
-        x = pcm16_samples(tokens)
-        out["FLAC -8"] = flac_bytes(x)
-        wv = wavpack_bytes(x)
-        if wv is not None:
-            out["WavPack -hh -x6"] = wv
-    else:  # the codes as 8-bit PCM (FLAC sees the zero low byte as wasted bits)
-        codes = ((tokens.astype(np.int64) - 128) * 256).astype(np.int16)
-        out["FLAC -8 (codes as 8-bit PCM)"] = flac_bytes(codes)
+def classical(wav: Path, tmp: Path, sac: str | None, sac_high: bool) -> dict[str, tuple[int, float]]:
+    """bytes and encoding seconds of each classical coder on one 16-bit WAV."""
+    out: dict[str, tuple[int, float]] = {}
+    if shutil.which("flac"):
+        out["flac"] = timed_size(["flac", "-8", "--no-padding", "--no-seektable", "-s", "-f", str(wav),
+                                  "-o", str(tmp / "x.flac")], tmp / "x.flac")
+    if shutil.which("wavpack"):
+        out["wavpack"] = timed_size(["wavpack", "-hh", "-x6", "-q", "-y", str(wav), "-o", str(tmp / "x.wv")],
+                                    tmp / "x.wv")
+    if sac:
+        out["sac_normal"] = timed_size([sac, "--encode", "--normal", str(wav), str(tmp / "n.sac")], tmp / "n.sac")
+        if sac_high:
+            out["sac_high"] = timed_size([sac, "--encode", "--high", str(wav), str(tmp / "h.sac")],
+                                         tmp / "h.sac")
     return out
+
+
+def float_bits(cm: codec.CodingModel, tokens: np.ndarray, chunk: int) -> float:
+    """The float model's NLL in bits of the codec's chunks (each from an empty memory after the start
+    token, every sample predicted), 64 chunks at a time."""
+    model, T = cm.model, cm.model.config.tgt_len
+    seqs = [np.concatenate([[cm.start], tokens[c : c + chunk]]) for c in range(0, len(tokens), chunk)]
+    bits = 0.0
+    with torch.no_grad():
+        for b in range(0, len(seqs), 64):
+            group = seqs[b : b + 64]
+            n = max(len(s) for s in group)
+            x = torch.tensor(np.stack([np.pad(s, (0, n - len(s))) for s in group]))
+            y = torch.tensor(np.stack([np.pad(s[1:], (0, n - len(s)), constant_values=IGNORE_INDEX)
+                                       for s in group]))
+            mems = None
+            for s in range(0, n - 1, T):
+                e = min(s + T, n - 1)
+                o = model(x[:, s:e], mems, targets=y[:, s:e], return_logits=False)
+                mems = o.mems
+                bits += float(o.loss.double().sum()) / math.log(2)
+    return bits
+
+
+def run_set(name: str, files: list[Path], cm: codec.CodingModel, args, work: Path) -> dict:
+    samples = []
+    for f in files:
+        x, rate = sf.read(f, dtype="int16", always_2d=True)
+        if rate != SAMPLE_RATE or x.shape[1] != 1:
+            raise SystemExit(f"{f}: {rate} Hz, {x.shape[1]} channel(s): the table takes 16 kHz mono files")
+        samples.append(x[:, 0])
+    n = sum(len(x) for x in samples)
+    wav_dir = work / name / "wav"
+    wav_dir.mkdir(parents=True)
+    wavs = []
+    for i, x in enumerate(samples):
+        wavs.append(wav_dir / f"{i:05d}.wav")
+        sf.write(wavs[-1], x, SAMPLE_RATE, subtype="PCM_16")
+    row: dict = {"set": name, "files": len(files), "samples": n, "seconds_of_audio": n / SAMPLE_RATE}
+    txla, back = work / name / "txla", work / name / "back"
+    rep = codec.compress_files(wavs, txla, model=cm, chunk=args.chunk, batch=args.batch, progress=False)
+    row["txla_bytes"] = sum(r.bytes for r in rep.results)
+    row["compress_seconds"] = rep.seconds
+    rep2 = codec.decompress_files(sorted(txla.glob("*.txla")), back, model=cm, batch=args.batch, progress=False)
+    row["decompress_seconds"] = rep2.seconds
+    for w, x in zip(wavs, samples):
+        y = sf.read(back / w.name, dtype="int16")[0]
+        if not np.array_equal(x, y):
+            raise SystemExit(f"{name}: {w.name} did not round-trip exactly")
+    toks = [np.asarray(codec.file_tokens(w, cm.tokenizer, cm.sixteen)) for w in wavs]
+    row["float_model_bits"] = sum(float_bits(cm, t, args.chunk) for t in toks)
+    row["payload_bytes"] = sum(sum(g[1] for g in codec.parse_container(p.read_bytes(), p.name).groups)
+                               for p in txla.glob("*.txla"))
+    sizes: dict[str, int] = {}
+    times: dict[str, float] = {}
+    exe = sac_binary(args.sac)
+    with tempfile.TemporaryDirectory() as d:
+        for w, x in zip(wavs, samples):
+            for k, (b, t) in classical(w, Path(d), exe, args.sac_high).items():
+                sizes[k] = sizes.get(k, 0) + b
+                times[k] = times.get(k, 0.0) + t
+            if not shutil.which("flac"):
+                sizes["flac"] = sizes.get("flac", 0) + flac_bytes(x)
+            xz = lzma.compress(x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+            sizes["xz"] = sizes.get("xz", 0) + len(xz)
+    row["bytes"] = sizes
+    row["encode_seconds"] = times
+    return row
+
+
+def long_file(name: str, files: list[Path], seconds: float, cm, args, work: Path) -> dict:
+    parts, n = [], 0
+    for f in files:
+        x = sf.read(f, dtype="int16")[0]
+        parts.append(x)
+        n += len(x)
+        if n >= seconds * SAMPLE_RATE:
+            break
+    x = np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
+    wav = work / f"{name}_long.wav"
+    sf.write(wav, x, SAMPLE_RATE, subtype="PCM_16")
+    rep = codec.compress_files([wav], work / "long_txla", model=cm, chunk=args.chunk, batch=args.batch,
+                               progress=False)
+    rep2 = codec.decompress_files([rep.results[0].path], work / "long_back", model=cm, batch=args.batch,
+                                  progress=False)
+    assert np.array_equal(sf.read(work / "long_back" / wav.name, dtype="int16")[0], x)
+    with tempfile.TemporaryDirectory() as d:
+        cl = classical(wav, Path(d), sac_binary(args.sac), args.sac_high)
+    xz = lzma.compress(x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    cl["xz"] = (len(xz), math.nan)
+    return {"set": f"{name}: one {len(x) / SAMPLE_RATE:.0f} s file", "files": 1, "samples": len(x),
+            "seconds_of_audio": len(x) / SAMPLE_RATE, "txla_bytes": rep.results[0].bytes,
+            "compress_seconds": rep.seconds, "decompress_seconds": rep2.seconds,
+            "bytes": {k: b for k, (b, _) in cl.items()},
+            "encode_seconds": {k: t for k, (_, t) in cl.items() if k != "xz"}}
+
+
+COLUMNS = [("flac", "FLAC -8"), ("wavpack", "WavPack -hh -x6"), ("sac_normal", "Sac --normal"),
+           ("sac_high", "Sac --high"), ("xz", "xz -9e")]
+
+
+def table(info: dict) -> str:
+    rows = info["rows"]
+    present = [(k, t) for k, t in COLUMNS if any(k in r["bytes"] for r in rows)]
+    lines = [f"`txl-audio compress --model {info['model']}` ({info['model_id']}) on {info['device']}, "
+             f"{info['threads']} thread(s), torch {info['torch']}, {info['date']}; bits per sample of whole "
+             "files (headers in)", "",
+             "| set | files | audio | .txla | " + " | ".join(t for _, t in present)
+             + " | vs FLAC | vs best other | compress x real time | decompress x real time |",
+             "|---|---|---|---|" + "---|" * len(present) + "---|---|---|---|"]
+    for r in rows:
+        n = r["samples"]
+        bps = {k: 8 * v / n for k, v in r["bytes"].items()}
+        ours = 8 * r["txla_bytes"] / n
+        others = [bps[k] for k, _ in present if k in bps and k != "xz"]
+        best = min(others) if others else math.nan
+        cells = [f"{bps[k]:.4f}" if k in bps else "" for k, _ in present]
+        lines.append(f"| {r['set']} | {r['files']} | {r['seconds_of_audio']:.0f} s | **{ours:.4f}** | "
+                     + " | ".join(cells)
+                     + f" | {100 * (ours / bps['flac'] - 1):+.1f}% | {100 * (ours / best - 1):+.1f}% | "
+                     f"{r['seconds_of_audio'] / r['compress_seconds']:.2f}x | "
+                     f"{r['seconds_of_audio'] / r['decompress_seconds']:.2f}x |")
+    lines += ["", "Encoding speed of the classical coders on the same files (x real time, one process per file):", ""]
+    for r in rows:
+        sp = ", ".join(f"{t} {r['seconds_of_audio'] / r['encode_seconds'][k]:.0f}x" for k, t in present
+                       if k in r.get("encode_seconds", {}))
+        lines.append(f"- {r['set']}: {sp}")
+    cost = [r for r in rows if "float_model_bits" in r]
+    if cost:
+        lines += ["", "The portable integer model's cost: .txla payload beside the float model's NLL on the same "
+                  "chunks:", ""]
+        for r in cost:
+            fb, pb = r["float_model_bits"] / r["samples"], 8 * r["payload_bytes"] / r["samples"]
+            lines.append(f"- {r['set']}: float {fb:.4f}, payload {pb:.4f} bits per sample "
+                         f"({100 * (pb / fb - 1):+.2f}%)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("--corpus", required=True, help="a prepared corpus (the checkpoint's tokenizer)")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--files", type=int, default=0, help="only the split's first N files (0 = all)")
-    ap.add_argument("--chunk", type=int, default=4096)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--model", default="speech16", help="a named model or a checkpoint (default speech16)")
+    ap.add_argument("--set", action="append", required=True, metavar="NAME=SOURCE",
+                    help="a folder of audio files, or CORPUS:SPLIT")
+    ap.add_argument("--seconds", type=float, default=300.0, help="audio per set (default 300 s)")
+    ap.add_argument("--long", type=float, default=0.0, help="also one file of this many seconds (first set)")
+    ap.add_argument("--sac", help="Sac binary (else $TXL_SAC; no Sac column without)")
+    ap.add_argument("--sac-high", action="store_true", help="also Sac --high (about 0.5x real time)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="folder for the .txla files (default: temporary)")
-    ap.add_argument("--json", type=Path, default=None, help="write the numbers here too")
+    ap.add_argument("--chunk", type=int, default=codec.DEFAULT_CHUNK)
+    ap.add_argument("--batch", type=int, default=codec.DEFAULT_BATCH)
+    ap.add_argument("--out", default=str(HERE / "results" / "codec"))
     args = ap.parse_args(argv)
-
     torch.set_num_threads(args.threads)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model, tokenizer, _ = load_model(ckpt, torch.device("cpu"))
-    sixteen = sixteen_bit(model)
-    d = load_documents(tokenizer, args.corpus, args.split)
-    docs = list(zip(d.names, d.docs))
-    n_split = len(docs)
-    if args.files:
-        docs = docs[: args.files]
-    tmp = None
-    out = args.out
-    if out is None:
-        tmp = tempfile.TemporaryDirectory()
-        out = Path(tmp.name)
+    cm = codec.load_coding_model(args.model)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    samples = sum(len(t) for _, t in docs)
-    totals = {"file": 0, "payload": 0, "model": 0.0}
-    base: dict[str, int] = {}
-    t_comp = t_dec = 0.0
-    for i, (name, tokens) in enumerate(docs):
-        path = out / f"{i:05d}{SUFFIX}"
-        t0 = time.perf_counter()
-        r = compress_tokens(model, tokenizer, tokens, path, chunk=args.chunk, batch=args.batch)
-        t1 = time.perf_counter()
-        _, back = decompress_tokens(model, path)
-        t2 = time.perf_counter()
-        if not np.array_equal(back, tokens):
-            raise SystemExit(f"{name}: the round trip changed the samples")
-        t_comp += t1 - t0
-        t_dec += t2 - t1
-        totals["file"] += 8 * r.bytes
-        totals["payload"] += 8 * len(read_container(path)[1])
-        totals["model"] += r.model_bits
-        for k, v in baselines(tokens, sixteen).items():
-            base[k] = base.get(k, 0) + 8 * v
-        print(f"\r{i + 1}/{len(docs)} files", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-
-    # the model's NLL of each file in one piece (txl-audio evaluate: segments with memory, no chunk
-    # starts; its first sample is not predicted): the difference to the code length is what the
-    # chunk starts cost
-    ev = evaluate_tokens(model, [t for _, t in docs], [n for n, _ in docs], baselines=False, progress=False)
-    whole = ev.nll_nats / np.log(2) / samples
-    unit = "bits per 16-bit sample" if sixteen else "bits per sample (8-bit codes)"
-    res = {
-        "checkpoint": str(ckpt), "corpus": str(args.corpus), "split": args.split, "files": len(docs),
-        "files_in_split": n_split, "samples": samples, "sixteen_bit": sixteen, "unit": unit,
-        "chunk": args.chunk, "batch": args.batch, "threads": args.threads, "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
-        "txla_bits_per_sample": totals["file"] / samples,
-        "payload_bits_per_sample": totals["payload"] / samples,
-        "model_bits_per_sample": totals["model"] / samples,
-        "model_whole_file_bits_per_sample": whole,
-        "baselines_bits_per_sample": {k: v / samples for k, v in base.items()},
-        "compress_samples_per_s": samples / t_comp, "decompress_samples_per_s": samples / t_dec,
-    }
-    files = f"{len(docs)} of {n_split} files" if len(docs) < n_split else f"all {n_split} files"
-    print(f"{args.split} split of {args.corpus}, {files}, {samples:,} samples; {unit}; round trips bit-exact")
-    print(f"| .txla files | their payload (headers excluded) | model's code length of the {args.chunk}-"
-          "sample chunks | model's NLL, files in one piece | "
-          + " | ".join(res["baselines_bits_per_sample"]) + " |")
-    print("|---" * (4 + len(base)) + "|")
-    print(f"| **{res['txla_bits_per_sample']:.4f}** | {res['payload_bits_per_sample']:.4f} "
-          f"| {res['model_bits_per_sample']:.4f} | {whole:.4f} | "
-          + " | ".join(f"{v:.4f}" for v in res["baselines_bits_per_sample"].values()) + " |")
-    for what in ("compress", "decompress"):
-        rate = res[f"{what}_samples_per_s"]
-        print(f"{what}: {rate:,.0f} samples/s = {rate / SAMPLE_RATE:.3f}x real time "
-              f"({args.threads} CPU threads, chunk {args.chunk}, batch {args.batch})")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
-    if tmp is not None:
-        tmp.cleanup()
+    info = {"model": args.model, "model_id": cm.id.hex(), "device": device_name(torch.device("cpu")),
+            "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d"), "flac": flac_encoder(), "wavpack": wavpack_encoder(),
+            "command": " ".join(["python", *sys.argv]), "rows": []}
+    with tempfile.TemporaryDirectory() as d:
+        for i, spec in enumerate(args.set):
+            name, source = spec.split("=", 1)
+            files, total = [], 0
+            for f in set_files(source):
+                if total >= args.seconds * SAMPLE_RATE:
+                    break
+                files.append(f)
+                total += sf.info(f).frames
+            print(f"== {name}: {len(files)} files, {total / SAMPLE_RATE:.0f} s", flush=True)
+            info["rows"].append(run_set(name, files, cm, args, Path(d)))
+            if i == 0 and args.long:
+                print(f"== {name}: one {args.long:.0f} s file", flush=True)
+                info["rows"].append(long_file(name, set_files(source), args.long, cm, args, Path(d)))
+            (out / "codec_table.json").write_text(json.dumps(info, indent=1) + "\n")
+    text = table(info)
+    (out / "codec_table.md").write_text(text + "\n")
+    print(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""Rebuild the bundled sample in data/ from the full corpora in ../shared/data/audio (deterministic).
+"""Rebuild the bundled sample in data/ from the full corpora (deterministic; --source FOLDER).
 
-    python data/make_sample.py                      # source ../shared/data/audio, output data/
+    python data/make_sample.py --source FOLDER      # FOLDER/speech_commands_v002_test, .../ljspeech_sentences_read
     python data/make_sample.py --source DIR --out DIR
 
 Selection (no randomness, so the same source always gives the same sample):
@@ -43,7 +43,7 @@ def select_lj(src: Path, step: int) -> list[Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", type=Path, default=HERE.parent.parent / "shared" / "data" / "audio")
+    ap.add_argument("--source", type=Path, required=True, help="the folder with the full corpora")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--speaker-step", type=int, default=7)
     ap.add_argument("--lj-step", type=int, default=14)

@@ -362,3 +362,48 @@ def test_files_made_on_the_cpu_decode_on_the_gpu_and_back(tmp_path):
         assert a.path.read_bytes() == b.path.read_bytes(), name  # the same code from either device
         assert np.array_equal(codec.decompress_tokens(gpu, a.path), x), name
         assert np.array_equal(codec.decompress_tokens(cpu, b.path), x), name
+
+
+MEMORY = """
+import resource, sys
+from txl_audio import codec
+mode, src, out, model = sys.argv[1:5]
+if mode == "compress":
+    codec.compress_files([src], out, model=model, progress=False)
+else:
+    codec.decompress_files([src], out, model=model, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB
+"""
+
+
+@pytest.mark.slow  # ~2 minutes: 4.5 minutes of audio through a tiny model, twice
+def test_long_files_are_coded_in_bounded_memory(tmp_path):
+    """Peak memory of compress and decompress does not grow with the file: a 270-second file needs
+    less than 16 MB more than a 30-second one (its samples alone are 69 MB as int64, 8.6 MB as int16), so
+    an hour stays far below 1 GB."""
+    ckpt = checkpoint(tmp_path / "tiny.pt", "pcm16", vocab_size=65536, n_layer=1, d_model=16, n_head=2,
+                      d_head=8, d_inner=32, head="logistic_mixture", mixture_components=2, lp_order=8,
+                      lp_coefficients="cascade", tgt_len=64, mem_len=64)
+    script = tmp_path / "mem.py"
+    script.write_text(textwrap.dedent(MEMORY))
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for seconds in (30, 270):
+        wav = tmp_path / f"long_{seconds}.wav"
+        with sf.SoundFile(wav, "w", 16_000, 1, "PCM_16") as f:
+            for _ in range(seconds):
+                t = np.arange(16_000)
+                f.write((3000 * np.sin(t / 7 + rng.uniform(0, 6)) + rng.normal(0, 200, 16_000)).astype(np.int16))
+        peak = []
+        for mode, src, out in (("compress", wav, tmp_path / f"c{seconds}"),
+                               ("decompress", tmp_path / f"c{seconds}" / f"long_{seconds}.txla",
+                                tmp_path / f"d{seconds}")):
+            r = subprocess.run([sys.executable, str(script), mode, str(src), str(out), str(ckpt)],
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            peak.append(int(r.stdout.split()[-1]))
+        assert np.array_equal(sf.read(tmp_path / f"d{seconds}" / wav.name, dtype="int16")[0],
+                              sf.read(wav, dtype="int16")[0])
+        peaks[seconds] = peak
+    growth = [(b - a) / 1024 for a, b in zip(peaks[30], peaks[270])]  # MB, compress and decompress
+    assert max(growth) < 16, (peaks, growth)
