@@ -204,8 +204,8 @@ def table(info: dict) -> str:
                      f"{r['seconds_of_audio'] / r['decompress_seconds']:.2f}x |")
     lines += ["", "Encoding speed of the classical coders on the same files (x real time, one process per file):", ""]
     for r in rows:
-        sp = ", ".join(f"{t} {r['seconds_of_audio'] / r['encode_seconds'][k]:.0f}x" for k, t in present
-                       if k in r.get("encode_seconds", {}))
+        rt = {k: r["seconds_of_audio"] / v for k, v in r.get("encode_seconds", {}).items()}
+        sp = ", ".join(f"{t} {rt[k]:.1f}x" if rt[k] < 10 else f"{t} {rt[k]:.0f}x" for k, t in present if k in rt)
         lines.append(f"- {r['set']}: {sp}")
     cost = [r for r in rows if "float_model_bits" in r]
     if cost:

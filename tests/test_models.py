@@ -1,0 +1,62 @@
+"""The named models shipped in the package: each loads with weights_only, is the model its README names
+(id, parameter count), and works out of the box: `txl-audio compress FILE` with no --model uses speech16
+and gives back the file's samples; every command that takes a checkpoint takes a name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import txl_audio
+from txl_audio import codec
+from txl_audio.cli import main
+from txl_audio.models import FOLDER, NAMED, named_path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = sorted((ROOT / "data" / "speech_commands_v002_test").rglob("*.flac"))[0]
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_shipped_model_is_the_one_its_readme_names(name):
+    path = named_path(name)
+    assert path is not None and path.is_file(), f"{path}: the shipped model is missing"
+    state = torch.load(path, weights_only=True)
+    assert set(state) >= {"model", "config", "tokenizer"} and "optimizer" not in state
+    assert all(v.dtype != torch.float64 for v in state["model"].values())  # float32 weights only
+    cm = codec.load_coding_model(name)
+    row = next(line for line in (FOLDER / "README.md").read_text().splitlines() if line.startswith(f"| `{name}` |"))
+    assert f"`{cm.id.hex()}`" in row, (name, cm.id.hex(), row)
+    params = int(re.search(r"\| ([\d,]+) \|", row).group(1).replace(",", ""))
+    assert params == sum(p.numel() for p in cm.model.parameters())
+
+
+def test_compress_without_a_model_uses_speech16_and_round_trips(tmp_path):
+    x = sf.read(CLIP, dtype="int16")[0]
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, x, 16_000, subtype="PCM_16")
+    assert main(["compress", str(wav), "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    f = tmp_path / "c" / "clip.txla"
+    c = codec.parse_container(f.read_bytes(), f.name)
+    assert c.model_id == codec.load_coding_model("speech16").id
+    assert f.stat().st_size - sum(n for _, n, _ in c.groups) <= 48  # the container, for a named model
+    assert main(["decompress", str(f), "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert np.array_equal(sf.read(tmp_path / "d" / "clip.wav", dtype="int16")[0], x)
+    # the shipped model codes this held-out-speaker-like clip well below 16 bits
+    assert 8 * f.stat().st_size / len(x) < 12
+
+
+def test_names_work_where_a_checkpoint_goes(tmp_path):
+    m = txl_audio.load("speech8")
+    assert m.name == "speech8"
+    s = m.score(CLIP)
+    assert 0 < s.mean_bits < 8
+    assert main(["evaluate", "speech8", "--audio", str(CLIP), "--no-progress", "--no-baselines",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert main(["generate", "speech8", "--out", str(tmp_path / "g"), "--seconds", "0.05", "--num", "1",
+                 "--device", "cpu", "--no-plots"]) == 0
+    assert not (FOLDER / "eval_files").exists()  # nothing written into the package
