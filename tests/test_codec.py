@@ -337,6 +337,7 @@ def test_files_decode_on_another_cpu_and_thread_count(tmp_path):
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_files_made_on_the_cpu_decode_on_the_gpu_and_back(tmp_path):
     """The portable model on a CUDA device computes the CPU's integers: a file compressed on the CPU
     decompresses on the GPU, and one compressed on the GPU decompresses on the CPU, bit for bit (8-bit
