@@ -323,17 +323,24 @@ def test_files_decode_on_another_cpu_and_thread_count(tmp_path):
                 ({"ATEN_CPU_CAPABILITY": native}, 2),
                 ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, 1)]
     names = list(kinds)
-    # made under the first setting, decoded under the second; made under the second, decoded under the
-    # third and the first
-    for make, reads in ((0, [1]), (1, [2, 0])):
-        run = lambda mode, s: subprocess.run(  # noqa: E731
-            [sys.executable, str(script), mode, str(settings[s][1]), str(tmp_path), *names],
-            env={**env, **settings[s][0]}, capture_output=True, text=True)
-        r = run("compress", make)
-        assert r.returncode == 0, r.stderr
-        for s in reads:
-            r = run("decompress", s)
-            assert r.returncode == 0 and r.stdout.count("decoded") == len(names), r.stderr
+    def start(mode, s, folder):
+        return subprocess.Popen([sys.executable, str(script), mode, str(settings[s][1]), str(folder), *names],
+                                env={**env, **settings[s][0]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    # made under the first setting and under the second (side by side, in two folders); the first's
+    # files decoded under the second, the second's under the third and the first
+    made = {0: tmp_path / "made0", 1: tmp_path / "made1"}
+    for folder in made.values():
+        folder.mkdir()
+        for name in names:
+            (folder / f"{name}.pt").symlink_to(tmp_path / f"{name}.pt")
+    for p in [start("compress", m, f) for m, f in made.items()]:
+        out, err = p.communicate()
+        assert p.returncode == 0, err
+    for p in [start("decompress", s, made[m]) for m, s in ((0, 1), (1, 2), (1, 0))]:
+        out, err = p.communicate()
+        assert p.returncode == 0 and out.count("decoded") == len(names), err
 
 
 @pytest.mark.cuda
