@@ -66,7 +66,7 @@ def measure(model, tokenizer, batch: int, chunk: int, device: torch.device) -> d
             cross = (c_cpu.path.read_bytes() == r.path.read_bytes()
                      and np.array_equal(codec.decompress_tokens(cm, c_cpu.path, batch=batch), tokens)
                      and np.array_equal(codec.decompress_tokens(cpu, r.path, batch=batch), tokens))
-            assert cross, "a file made on the CPU and one made on the GPU differ or do not decode on the other"
+            assert cross, "the CPU's and the GPU's files differ, or one does not decode on the other device"
     n = len(tokens)
     c, d = n / (t1 - t0), n / (t2 - t1)
     return {"batch": batch, "chunk": chunk, "samples": n, "bits_per_sample": r.bits_per_sample,

@@ -69,16 +69,22 @@ def classical(wav: Path, tmp: Path, sac: str | None, sac_high: bool) -> dict[str
     """bytes and encoding seconds of each classical coder on one 16-bit WAV."""
     out: dict[str, tuple[int, float]] = {}
     if shutil.which("flac"):
-        out["flac"] = timed_size(["flac", "-8", "--no-padding", "--no-seektable", "-s", "-f", str(wav),
-                                  "-o", str(tmp / "x.flac")], tmp / "x.flac")
+        out["flac"] = timed_size(
+            ["flac", "-8", "--no-padding", "--no-seektable", "-s", "-f", str(wav), "-o", str(tmp / "x.flac")],
+            tmp / "x.flac",
+        )
     if shutil.which("wavpack"):
-        out["wavpack"] = timed_size(["wavpack", "-hh", "-x6", "-q", "-y", str(wav), "-o", str(tmp / "x.wv")],
-                                    tmp / "x.wv")
+        out["wavpack"] = timed_size(
+            ["wavpack", "-hh", "-x6", "-q", "-y", str(wav), "-o", str(tmp / "x.wv")], tmp / "x.wv"
+        )
     if sac:
-        out["sac_normal"] = timed_size([sac, "--encode", "--normal", str(wav), str(tmp / "n.sac")], tmp / "n.sac")
+        out["sac_normal"] = timed_size(
+            [sac, "--encode", "--normal", str(wav), str(tmp / "n.sac")], tmp / "n.sac"
+        )
         if sac_high:
-            out["sac_high"] = timed_size([sac, "--encode", "--high", str(wav), str(tmp / "h.sac")],
-                                         tmp / "h.sac")
+            out["sac_high"] = timed_size(
+                [sac, "--encode", "--high", str(wav), str(tmp / "h.sac")], tmp / "h.sac"
+            )
     return out
 
 
@@ -93,8 +99,9 @@ def float_bits(cm: codec.CodingModel, tokens: np.ndarray, chunk: int) -> float:
             group = seqs[b : b + 64]
             n = max(len(s) for s in group)
             x = torch.tensor(np.stack([np.pad(s, (0, n - len(s))) for s in group]))
-            y = torch.tensor(np.stack([np.pad(s[1:], (0, n - len(s)), constant_values=IGNORE_INDEX)
-                                       for s in group]))
+            y = torch.tensor(
+                np.stack([np.pad(s[1:], (0, n - len(s)), constant_values=IGNORE_INDEX) for s in group])
+            )
             mems = None
             for s in range(0, n - 1, T):
                 e = min(s + T, n - 1)
@@ -123,20 +130,25 @@ def run_set(name: str, files: list[Path], cm: codec.CodingModel, args, work: Pat
     rep = codec.compress_files(wavs, txla, model=cm, chunk=args.chunk, batch=args.batch, progress=False)
     row["txla_bytes"] = sum(r.bytes for r in rep.results)
     row["compress_seconds"] = rep.seconds
-    rep2 = codec.decompress_files(sorted(txla.glob("*.txla")), back, model=cm, batch=args.batch, progress=False)
+    rep2 = codec.decompress_files(
+        sorted(txla.glob("*.txla")), back, model=cm, batch=args.batch, progress=False
+    )
     row["decompress_seconds"] = rep2.seconds
     for w, x in zip(wavs, samples):
         if cm.sixteen:  # the samples themselves
             same = np.array_equal(x, sf.read(back / w.name, dtype="int16")[0])
         else:  # an 8-bit model gives back the codes (mu-law is lossy): the decoded file's codes
-            same = np.array_equal(codec.file_tokens(w, cm.tokenizer, False),
-                                  codec.file_tokens(back / w.name, cm.tokenizer, False))
+            same = np.array_equal(
+                codec.file_tokens(w, cm.tokenizer, False),
+                codec.file_tokens(back / w.name, cm.tokenizer, False),
+            )
         if not same:
             raise SystemExit(f"{name}: {w.name} did not round-trip exactly")
     toks = [np.asarray(codec.file_tokens(w, cm.tokenizer, cm.sixteen)) for w in wavs]
     row["float_model_bits"] = sum(float_bits(cm, t, args.chunk) for t in toks)
-    row["payload_bytes"] = sum(sum(g[1] for g in codec.parse_container(p.read_bytes(), p.name).groups)
-                               for p in txla.glob("*.txla"))
+    row["payload_bytes"] = sum(
+        sum(g[1] for g in codec.parse_container(p.read_bytes(), p.name).groups) for p in txla.glob("*.txla")
+    )
     sizes: dict[str, int] = {}
     times: dict[str, float] = {}
     exe = sac_binary(args.sac)
@@ -147,7 +159,9 @@ def run_set(name: str, files: list[Path], cm: codec.CodingModel, args, work: Pat
                 times[k] = times.get(k, 0.0) + t
             if not shutil.which("flac"):
                 sizes["flac"] = sizes.get("flac", 0) + flac_bytes(x)
-            xz = lzma.compress(x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+            xz = lzma.compress(
+                x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME
+            )
             sizes["xz"] = sizes.get("xz", 0) + len(xz)
     row["bytes"] = sizes
     row["encode_seconds"] = times
@@ -165,39 +179,58 @@ def long_file(name: str, files: list[Path], seconds: float, cm, args, work: Path
     x = np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
     wav = work / f"{name}_long.wav"
     sf.write(wav, x, SAMPLE_RATE, subtype="PCM_16")
-    rep = codec.compress_files([wav], work / "long_txla", model=cm, chunk=args.chunk, batch=args.batch,
-                               progress=False)
-    rep2 = codec.decompress_files([rep.results[0].path], work / "long_back", model=cm, batch=args.batch,
-                                  progress=False)
+    rep = codec.compress_files(
+        [wav], work / "long_txla", model=cm, chunk=args.chunk, batch=args.batch, progress=False
+    )
+    rep2 = codec.decompress_files(
+        [rep.results[0].path], work / "long_back", model=cm, batch=args.batch, progress=False
+    )
     back = work / "long_back" / wav.name
     if cm.sixteen:
         assert np.array_equal(sf.read(back, dtype="int16")[0], x)
     else:
-        assert np.array_equal(codec.file_tokens(wav, cm.tokenizer, False), codec.file_tokens(back, cm.tokenizer, False))
+        assert np.array_equal(
+            codec.file_tokens(wav, cm.tokenizer, False), codec.file_tokens(back, cm.tokenizer, False)
+        )
     with tempfile.TemporaryDirectory() as d:
         cl = classical(wav, Path(d), sac_binary(args.sac), args.sac_high)
     xz = lzma.compress(x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
     cl["xz"] = (len(xz), math.nan)
-    return {"set": f"{name}: one {len(x) / SAMPLE_RATE:.0f} s file", "files": 1, "samples": len(x),
-            "seconds_of_audio": len(x) / SAMPLE_RATE, "txla_bytes": rep.results[0].bytes,
-            "compress_seconds": rep.seconds, "decompress_seconds": rep2.seconds,
-            "bytes": {k: b for k, (b, _) in cl.items()},
-            "encode_seconds": {k: t for k, (_, t) in cl.items() if k != "xz"}}
+    return {
+        "set": f"{name}: one {len(x) / SAMPLE_RATE:.0f} s file",
+        "files": 1,
+        "samples": len(x),
+        "seconds_of_audio": len(x) / SAMPLE_RATE,
+        "txla_bytes": rep.results[0].bytes,
+        "compress_seconds": rep.seconds,
+        "decompress_seconds": rep2.seconds,
+        "bytes": {k: b for k, (b, _) in cl.items()},
+        "encode_seconds": {k: t for k, (_, t) in cl.items() if k != "xz"},
+    }
 
 
-COLUMNS = [("flac", "FLAC -8"), ("wavpack", "WavPack -hh -x6"), ("sac_normal", "Sac --normal"),
-           ("sac_high", "Sac --high"), ("xz", "xz -9e")]
+COLUMNS = [
+    ("flac", "FLAC -8"),
+    ("wavpack", "WavPack -hh -x6"),
+    ("sac_normal", "Sac --normal"),
+    ("sac_high", "Sac --high"),
+    ("xz", "xz -9e"),
+]
 
 
 def table(info: dict) -> str:
     rows = info["rows"]
     present = [(k, t) for k, t in COLUMNS if any(k in r["bytes"] for r in rows)]
-    lines = [f"`txl-audio compress --model {info['model']}` ({info['model_id']}) on {info['device']}, "
-             f"{info['threads']} thread(s), torch {info['torch']}, {info['date']}; bits per sample of whole "
-             "files (headers in)", "",
-             "| set | files | audio | .txla | " + " | ".join(t for _, t in present)
-             + " | vs FLAC | vs best other | compress x real time | decompress x real time |",
-             "|---|---|---|---|" + "---|" * len(present) + "---|---|---|---|"]
+    lines = [
+        f"`txl-audio compress --model {info['model']}` ({info['model_id']}) on {info['device']}, "
+        f"{info['threads']} thread(s), torch {info['torch']}, {info['date']}; bits per sample of whole "
+        "files (headers in)",
+        "",
+        "| set | files | audio | .txla | "
+        + " | ".join(t for _, t in present)
+        + " | vs FLAC | vs best other | compress x real time | decompress x real time |",
+        "|---|---|---|---|" + "---|" * len(present) + "---|---|---|---|",
+    ]
     for r in rows:
         n = r["samples"]
         bps = {k: 8 * v / n for k, v in r["bytes"].items()}
@@ -205,32 +238,51 @@ def table(info: dict) -> str:
         others = [bps[k] for k, _ in present if k in bps and k != "xz"]
         best = min(others) if others else math.nan
         cells = [f"{bps[k]:.4f}" if k in bps else "" for k, _ in present]
-        lines.append(f"| {r['set']} | {r['files']} | {r['seconds_of_audio']:.0f} s | **{ours:.4f}** | "
-                     + " | ".join(cells)
-                     + f" | {100 * (ours / bps['flac'] - 1):+.1f}% | {100 * (ours / best - 1):+.1f}% | "
-                     f"{r['seconds_of_audio'] / r['compress_seconds']:.2f}x | "
-                     f"{r['seconds_of_audio'] / r['decompress_seconds']:.2f}x |")
-    lines += ["", "Encoding speed of the classical coders on the same files (x real time, one process per file):", ""]
+        lines.append(
+            f"| {r['set']} | {r['files']} | {r['seconds_of_audio']:.0f} s | **{ours:.4f}** | "
+            + " | ".join(cells)
+            + f" | {100 * (ours / bps['flac'] - 1):+.1f}% | {100 * (ours / best - 1):+.1f}% | "
+            f"{r['seconds_of_audio'] / r['compress_seconds']:.2f}x | "
+            f"{r['seconds_of_audio'] / r['decompress_seconds']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Encoding speed of the classical coders on the same files (x real time, one process per file):",
+        "",
+    ]
     for r in rows:
         rt = {k: r["seconds_of_audio"] / v for k, v in r.get("encode_seconds", {}).items()}
-        sp = ", ".join(f"{t} {rt[k]:.1f}x" if rt[k] < 10 else f"{t} {rt[k]:.0f}x" for k, t in present if k in rt)
+        sp = ", ".join(
+            f"{t} {rt[k]:.1f}x" if rt[k] < 10 else f"{t} {rt[k]:.0f}x" for k, t in present if k in rt
+        )
         lines.append(f"- {r['set']}: {sp}")
     cost = [r for r in rows if "float_model_bits" in r]
     if cost:
-        lines += ["", "The portable integer model's cost: .txla payload beside the float model's NLL on the same "
-                  "chunks:", ""]
+        lines += [
+            "",
+            "The portable integer model's cost: .txla payload beside the float model's NLL on the same "
+            "chunks:",
+            "",
+        ]
         for r in cost:
             fb, pb = r["float_model_bits"] / r["samples"], 8 * r["payload_bytes"] / r["samples"]
-            lines.append(f"- {r['set']}: float {fb:.4f}, payload {pb:.4f} bits per sample "
-                         f"({100 * (pb / fb - 1):+.2f}%)")
+            lines.append(
+                f"- {r['set']}: float {fb:.4f}, payload {pb:.4f} bits per sample "
+                f"({100 * (pb / fb - 1):+.2f}%)"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="speech16", help="a named model or a checkpoint (default speech16)")
-    ap.add_argument("--set", action="append", required=True, metavar="NAME=SOURCE",
-                    help="a folder of audio files, or CORPUS:SPLIT")
+    ap.add_argument(
+        "--set",
+        action="append",
+        required=True,
+        metavar="NAME=SOURCE",
+        help="a folder of audio files, or CORPUS:SPLIT",
+    )
     ap.add_argument("--seconds", type=float, default=300.0, help="audio per set (default 300 s)")
     ap.add_argument("--long", type=float, default=0.0, help="also one file of this many seconds (first set)")
     ap.add_argument("--sac", help="Sac binary (else $TXL_SAC; no Sac column without)")
@@ -244,10 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     cm = codec.load_coding_model(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = {"model": args.model, "model_id": cm.id.hex(), "device": device_name(torch.device("cpu")),
-            "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d"), "flac": flac_encoder(), "wavpack": wavpack_encoder(),
-            "command": " ".join(["python", *sys.argv]), "rows": []}
+    info = {
+        "model": args.model,
+        "model_id": cm.id.hex(),
+        "device": device_name(torch.device("cpu")),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "flac": flac_encoder(),
+        "wavpack": wavpack_encoder(),
+        "command": " ".join(["python", *sys.argv]),
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory() as d:
         for i, spec in enumerate(args.set):
             name, source = spec.split("=", 1)

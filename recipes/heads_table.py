@@ -30,7 +30,8 @@ def versus(rows: dict[str, dict[str, float]], column: str) -> tuple[float, float
     files = [f for f in rows if rows[f]["tokens"] > 0]
     w = np.array([rows[f]["tokens"] for f in files])
     # whole files on both sides where the report has them (16-bit: the baselines code every sample)
-    key = "whole_file_bits_per_sample" if "whole_file_bits_per_sample" in rows[files[0]] else "bits_per_sample"
+    whole = "whole_file_bits_per_sample"
+    key = whole if whole in rows[files[0]] else "bits_per_sample"
     d = np.array([rows[f][key] - rows[f][column] for f in files])
     lo, hi = bootstrap_ci(d, weights=w)
     return float((d * w).sum() / w.sum()), lo, hi

@@ -29,7 +29,8 @@ def test_shipped_model_is_the_one_its_readme_names(name):
     assert set(state) >= {"model", "config", "tokenizer"} and "optimizer" not in state
     assert all(v.dtype != torch.float64 for v in state["model"].values())  # float32 weights only
     cm = codec.load_coding_model(name)
-    row = next(line for line in (FOLDER / "README.md").read_text().splitlines() if line.startswith(f"| `{name}` |"))
+    readme = (FOLDER / "README.md").read_text().splitlines()
+    row = next(line for line in readme if line.startswith(f"| `{name}` |"))
     assert f"`{cm.id.hex()}`" in row, (name, cm.id.hex(), row)
     params = int(re.search(r"\| ([\d,]+) \|", row).group(1).replace(",", ""))
     assert params == sum(p.numel() for p in cm.model.parameters())

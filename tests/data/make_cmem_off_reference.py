@@ -5,6 +5,7 @@ for tests/test_cmem.py::test_cmem_off_is_the_plain_model_bit_for_bit.
     git worktree add /tmp/precmem cfe4aec^
     cd /tmp/precmem && PYTHONPATH=/tmp/precmem python /path/to/this/file.py /tmp/ref.pt
 """
+
 import sys
 import tempfile
 from pathlib import Path
@@ -26,9 +27,11 @@ def segments(model, x, T):
         out.append(o.logits)
     return torch.cat(out, 1)
 
+
 def stepped(model, x):
     cache = model.init_cache(x.shape[0])
     return torch.cat([model.step(x[:, t : t + 1], cache).logits for t in range(x.shape[1])], 1)
+
 
 def plain(attention, corpus, out):
     torch.set_num_threads(1)
@@ -37,11 +40,18 @@ def plain(attention, corpus, out):
     with torch.no_grad():
         forward = segments(model, x, 4)
         step = stepped(model, x)
-    r = train(tiny_config(corpus, model={"attention": attention}, max_steps=4), out, progress=False, log=lambda m: None)
+    r = train(
+        tiny_config(corpus, model={"attention": attention}, max_steps=4),
+        out,
+        progress=False,
+        log=lambda m: None,
+    )
     return {"forward": forward, "step": step, "losses": torch.tensor(r.losses, dtype=torch.float64)}
+
 
 with tempfile.TemporaryDirectory() as d:
     ref = {a: plain(a, make_corpus(Path(d) / f"c_{a}"), Path(d) / f"run_{a}") for a in ["relative", "rotary"]}
 torch.save(ref, sys.argv[1])
 for a in ref:
-    for k, v in ref[a].items(): print(a, k, v.dtype, float(v.abs().max()))
+    for k, v in ref[a].items():
+        print(a, k, v.dtype, float(v.abs().max()))
