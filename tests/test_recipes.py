@@ -101,6 +101,7 @@ def test_configs_load_and_audio_base_memory_spans_over_1_5_s():
     assert shutil.which("bash")
 
 
+@pytest.mark.slow  # 85 s: five trainings and a context analysis; the other recipe tests cover the stages
 def test_audio_baselines_end_to_end(tmp_path):
     """Transformer-XL, no memory and absolute positions trained with the same steps, one table, one
     context analysis of the three on the same held-out clips."""
