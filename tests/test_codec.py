@@ -300,6 +300,7 @@ for name in sys.argv[4:]:
 """
 
 
+@pytest.mark.slow  # 50 s: .ci/run runs it on every submission, outside the 10-minute default suite
 def test_files_decode_on_another_cpu_and_thread_count(tmp_path):
     """Compressed under one ATEN_CPU_CAPABILITY and thread count, decompressed under the others
     (oneDNN and MKL capped too): 8-bit and 16-bit heads, relative and rotary attention, a compressive

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from txl_audio.checkpoint import save_checkpoint
@@ -58,6 +59,7 @@ def sharp_checkpoint(path: Path, tokenizer: str, **model) -> Path:
     return path
 
 
+@pytest.mark.slow  # 26 s: .ci/run runs it on every submission, outside the 10-minute default suite
 def test_evaluate_and_score_agree_across_cpus_to_4_decimals(tmp_path):
     assert len(CLIPS) == 2, "the bundled Speech Commands sample is missing (data/)"
     ckpts = [sharp_checkpoint(tmp_path / "mulaw.pt", "mulaw8", vocab_size=256),
