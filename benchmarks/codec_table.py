@@ -27,8 +27,6 @@ import json
 import lzma
 import math
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from txl_audio import codec  # noqa: E402
 from txl_audio.audio import AUDIO_EXTENSIONS, SAMPLE_RATE  # noqa: E402
-from txl_audio.baselines import flac_bytes, flac_encoder, sac_binary, wavpack_encoder  # noqa: E402
+from txl_audio.baselines import (  # noqa: E402
+    flac_bytes,
+    flac_encoder,
+    sac_binary,
+    sac_bytes,
+    wavpack_bytes,
+    wavpack_encoder,
+)
 from txl_audio.data import IGNORE_INDEX  # noqa: E402
 from txl_audio.devices import device_name  # noqa: E402
 
@@ -56,35 +61,23 @@ def set_files(source: str) -> list[Path]:
     return sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
-def timed_size(cmd: list[str], out: Path) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if r.returncode != 0 or not out.is_file():
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
-    return out.stat().st_size, dt
-
-
-def classical(wav: Path, tmp: Path, sac: str | None, sac_high: bool) -> dict[str, tuple[int, float]]:
-    """bytes and encoding seconds of each classical coder on one 16-bit WAV."""
-    out: dict[str, tuple[int, float]] = {}
-    if shutil.which("flac"):
-        out["flac"] = timed_size(
-            ["flac", "-8", "--no-padding", "--no-seektable", "-s", "-f", str(wav), "-o", str(tmp / "x.flac")],
-            tmp / "x.flac",
-        )
-    if shutil.which("wavpack"):
-        out["wavpack"] = timed_size(
-            ["wavpack", "-hh", "-x6", "-q", "-y", str(wav), "-o", str(tmp / "x.wv")], tmp / "x.wv"
-        )
+def classical(x: np.ndarray, sac: str | None, sac_high: bool) -> dict[str, tuple[int, float]]:
+    """Bytes and encoding seconds of each classical coder on one file's int16 samples (the coders of
+    txl_audio.baselines, the same ones evaluate's 16-bit report uses)."""
+    coders = {"flac": lambda: flac_bytes(x), "wavpack": lambda: wavpack_bytes(x)}
     if sac:
-        out["sac_normal"] = timed_size(
-            [sac, "--encode", "--normal", str(wav), str(tmp / "n.sac")], tmp / "n.sac"
-        )
+        coders["sac_normal"] = lambda: sac_bytes(x, sac, "normal")
         if sac_high:
-            out["sac_high"] = timed_size(
-                [sac, "--encode", "--high", str(wav), str(tmp / "h.sac")], tmp / "h.sac"
-            )
+            coders["sac_high"] = lambda: sac_bytes(x, sac, "high")
+    coders["xz"] = lambda: len(
+        lzma.compress(x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    )
+    out: dict[str, tuple[int, float]] = {}
+    for name, code in coders.items():
+        t0 = time.perf_counter()
+        size = code()
+        if size is not None:  # None: wavpack is not installed
+            out[name] = (size, time.perf_counter() - t0)
     return out
 
 
@@ -152,17 +145,10 @@ def run_set(name: str, files: list[Path], cm: codec.CodingModel, args, work: Pat
     sizes: dict[str, int] = {}
     times: dict[str, float] = {}
     exe = sac_binary(args.sac)
-    with tempfile.TemporaryDirectory() as d:
-        for w, x in zip(wavs, samples):
-            for k, (b, t) in classical(w, Path(d), exe, args.sac_high).items():
-                sizes[k] = sizes.get(k, 0) + b
-                times[k] = times.get(k, 0.0) + t
-            if not shutil.which("flac"):
-                sizes["flac"] = sizes.get("flac", 0) + flac_bytes(x)
-            xz = lzma.compress(
-                x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME
-            )
-            sizes["xz"] = sizes.get("xz", 0) + len(xz)
+    for x in samples:
+        for k, (b, t) in classical(x, exe, args.sac_high).items():
+            sizes[k] = sizes.get(k, 0) + b
+            times[k] = times.get(k, 0.0) + t
     row["bytes"] = sizes
     row["encode_seconds"] = times
     return row
@@ -192,10 +178,7 @@ def long_file(name: str, files: list[Path], seconds: float, cm, args, work: Path
         assert np.array_equal(
             codec.file_tokens(wav, cm.tokenizer, False), codec.file_tokens(back, cm.tokenizer, False)
         )
-    with tempfile.TemporaryDirectory() as d:
-        cl = classical(wav, Path(d), sac_binary(args.sac), args.sac_high)
-    xz = lzma.compress(x.astype("<i2").tobytes(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
-    cl["xz"] = (len(xz), math.nan)
+    cl = classical(x, sac_binary(args.sac), args.sac_high)
     return {
         "set": f"{name}: one {len(x) / SAMPLE_RATE:.0f} s file",
         "files": 1,
@@ -205,7 +188,7 @@ def long_file(name: str, files: list[Path], seconds: float, cm, args, work: Path
         "compress_seconds": rep.seconds,
         "decompress_seconds": rep2.seconds,
         "bytes": {k: b for k, (b, _) in cl.items()},
-        "encode_seconds": {k: t for k, (_, t) in cl.items() if k != "xz"},
+        "encode_seconds": {k: t for k, (_, t) in cl.items()},
     }
 
 

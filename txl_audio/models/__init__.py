@@ -37,10 +37,9 @@ def export(checkpoint: str | Path, out: str | Path, **info) -> dict:
     state = load_checkpoint(checkpoint)
     keep = {"model": {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()},
             "config": state["config"], "tokenizer": state["tokenizer"], "step": state.get("step", 0)}
-    for key in ("corpus_stats",):
-        if key in state:
-            keep[key] = state[key]
-    keep["info"] = {k: v for k, v in info.items()}
+    if "corpus_stats" in state:
+        keep["corpus_stats"] = state["corpus_stats"]
+    keep["info"] = dict(info)
     save_checkpoint(out, keep)
     Path(out).chmod(0o644)  # a package file, readable by everyone
     model, _, _ = load_model(out, torch.device("cpu"))
