@@ -58,8 +58,12 @@ def round_shift(x: Tensor, s: int | Tensor) -> Tensor:
     """round(x / 2^s) for int64 x (ties up), s >= 0 (a tensor of shifts broadcasts: per column)."""
     if isinstance(s, int):
         return x if s == 0 else (x + (1 << (s - 1))) >> s
-    half = torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp(min=0), torch.zeros_like(s))
-    return (x + half) >> s
+    return (x + rounding_half(s)) >> s
+
+
+def rounding_half(s: Tensor) -> Tensor:
+    """2^(s-1) where s > 0, else 0: what round-half-up adds before shifting right by s."""
+    return torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp(min=0), torch.zeros_like(s))
 
 
 def round_div(a: Tensor, b: Tensor | int) -> Tensor:
@@ -122,10 +126,9 @@ class Linear:
     def _post(self) -> None:
         """What follows the product, per output column: add the rounding half of the shift, shift
         right, add the bias (``left`` shifts up instead: never nonzero for weights below 2^15)."""
-        s = self.shift
-        self.half = torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp(min=0), torch.zeros_like(s))
+        self.half = rounding_half(self.shift)
         self.plain = not bool(self.left.any())
-        self.bias0 = self.bias if self.bias is not None else torch.zeros_like(s)
+        self.bias0 = self.bias if self.bias is not None else torch.zeros_like(self.shift)
 
     def to(self, device: torch.device) -> Linear:
         self.weight_t = self.weight_t.to(device)
