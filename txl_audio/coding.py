@@ -55,7 +55,7 @@ _SIG = sigmoid_table()
 _Z_BITS = SIGMOID_STEP_BITS + 16  # z with 16 bits below the table's grid, for the interpolation
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _softmax_weights(logits: np.ndarray, table: np.ndarray) -> np.ndarray:
     """(N, V) int64 logits -> (N, V) int64 weights, 2^30 for the largest of each row."""
     N, V = logits.shape
@@ -82,7 +82,7 @@ def softmax_weights(logits: np.ndarray) -> np.ndarray:
     return _softmax_weights(np.ascontiguousarray(logits, dtype=np.int64), _EXP30)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mixture_prepare(mix: np.ndarray, center: np.ndarray, base: np.ndarray, K: int, exp16: np.ndarray):
     """mix (N, 3K) [logit pi | mu | log s] (ACT_BITS), center (N,) the prior's prediction in levels
     (ACT_BITS), base (N,) log2 of the scale unit in levels (2^-10) -> per component: weights (N, K)
@@ -128,7 +128,7 @@ def _mixture_prepare(mix: np.ndarray, center: np.ndarray, base: np.ndarray, K: i
     return w, mu, ls
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _cdf(w, mu, ls, i, K, edge_level, sig, inv30):
     """The mixture's CDF (units of 2^-32 times the weights) at the lower edge of level ``edge_level``
     (0: nothing below; LEVELS: everything)."""
@@ -173,7 +173,7 @@ def _cdf(w, mu, ls, i, K, edge_level, sig, inv30):
     return total
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mixture_path(w, mu, ls, K, tokens, sig, inv30):
     """The encoder's side: for each position the masses (N, 16, 2) below and above the midpoint of
     each of the 16 halvings on the way to its token."""
@@ -196,7 +196,7 @@ def _mixture_path(w, mu, ls, K, tokens, sig, inv30):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mixture_round(w, mu, ls, K, lo, hi, flo, fhi, sig, inv30):
     """The decoder's side, one halving for every row: masses (N, 2) below / above the midpoint, and
     the CDF there (N,)."""

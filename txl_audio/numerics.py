@@ -149,7 +149,7 @@ class Linear:
         return y if self.bias is None else y + self.bias
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _shift_columns(acc, half, shift, bias):  # pragma: no cover
     """((int64(acc) + half) >> shift) + bias per column; acc (N, M) float64 holding integers below
     2^53 (exactly converted)."""

@@ -159,7 +159,7 @@ class _Layer:
 
 # not parallel: numba's worker threads spin between calls and slow the tensor operations around
 # every step by more than the kernel gains (measured: 2.5x slower steps at batch 256 on 2 cores)
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _attend_rows(qu, qv, keys, values, table, idx, hidden, mul, mul_shift, exp_table):  # pragma: no cover
     """Attention in integers for n queries per row, reading the int32 ring in place (no float64 copies
     of it, no (B, H, n, S) temporaries): the same integers as the tensor path of ``_attend``. qu, qv
