@@ -143,8 +143,8 @@ def test_size_is_the_float_models_code_length_plus_a_small_container(models, tmp
     c = codec.parse_container(r.path.read_bytes(), "x")
     payload = 8 * sum(n for _, n, _ in c.groups)
     container = 8 * r.bytes - payload
-    # the container: 37 bytes for one group, plus the recorded checkpoint path (not for a shipped model)
-    assert container == 8 * (37 + 1 + len(str(models[kind]).encode()))
+    # the container: 36 bytes for one group, plus the recorded checkpoint path (not for a shipped model)
+    assert container == 8 * (36 + 1 + len(str(models[kind]).encode()))
     nll = float_code_length(cm.model, tokens, 2000, cm.start)
     # the integer model approximates the float one: within 1% (plus the coder's last words)
     assert abs(payload - nll) <= 0.01 * nll + 64, (payload, nll)

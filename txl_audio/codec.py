@@ -53,14 +53,23 @@ import torch
 from tqdm import tqdm
 
 from txl_audio.audio import SAMPLE_RATE, AudioError, audio_info, find_audio_files, read_audio, require, sf
+from txl_audio.codec_workers import ROWS_PER_WORKER, choose_workers
 from txl_audio.errors import TxlAudioError
 
 MAGIC = b"TXLA"
 VERSION = 3  # 3: the portable (integer) model, streamed groups, a 30-40 byte container
 SUFFIX = ".txla"
 DEFAULT_CHUNK = 4096  # samples per chunk: 0.26 s at 16 kHz
-DEFAULT_BATCH = 256  # chunks coded in one pass (rows of the model's batch)
-GROUP_CHUNKS = 256  # chunks per range code (a group): 65 s of audio at the default chunk
+DEFAULT_BATCH = 256  # chunks coded in one pass (rows of the model's batch) by one process
+
+
+def default_batch(workers: int) -> int:
+    """Chunks coded together: DEFAULT_BATCH in one process (a GPU's, or a small job's), else
+    ROWS_PER_WORKER per worker process."""
+    return DEFAULT_BATCH if workers <= 1 else ROWS_PER_WORKER * workers
+
+GROUP_CHUNKS = 32  # chunks per range code (a group): 8.2 s at the default chunk, so that a long file's
+# groups spread over the worker processes (each group ends its code: ~9 bytes, 0.01%)
 FLAG_PATH = 1
 ID_BYTES = 8
 
@@ -528,20 +537,26 @@ def _iter_groups(job: _CompressJob) -> Iterator[list[np.ndarray]]:
         yield g
 
 
-def compress_jobs(cm: CodingModel, jobs: list[_CompressJob], batch: int, on_step=None) -> list[Result]:
-    """Code the jobs' groups in batches; each job's file is written group by group, in order, and
-    finished when its last group is out."""
-    from txl_audio.coding import encode_groups
+def compress_jobs(cm: CodingModel, jobs: list[_CompressJob], batch: int, on_step=None, workers: int = 1
+                  ) -> list[Result]:
+    """Code the jobs' groups in batches (split between ``workers`` processes); each job's file is
+    written group by group, in order, and finished when its last group is out."""
+    from txl_audio.codec_workers import BatchError, Coder
 
     results: dict[int, Result] = {}
+    batches = ((items, [g for _, _, g in items], [len(g) for _, _, g in items])
+               for items in _batches(jobs, _iter_groups, batch))
     try:
-        for items in _batches(jobs, _iter_groups, batch):
-            words = encode_groups(cm.portable, [g for _, _, g in items], cm.start, on_step)
-            for (job, _, _), w in zip(items, words):
-                job.write_group(w)
-            for job in {id(j): j for j, _, _ in items}.values():  # files whose last group is out
-                if job.done and id(job) not in results:
-                    results[id(job)] = job.finish()
+        with Coder(cm, workers, on_step) as coder:
+            try:
+                for items, words in coder.run("encode", batches):
+                    for (job, _, _), w in zip(items, words):
+                        job.write_group(w)
+                    for job in {id(j): j for j, _, _ in items}.values():  # files whose last group is out
+                        if job.done and id(job) not in results:
+                            results[id(job)] = job.finish()
+            except BatchError as e:
+                raise e.error from None
         for job in jobs:
             if id(job) not in results:
                 if job.sink is None:
@@ -577,11 +592,12 @@ def check_model(container: Container, cm: CodingModel, name: str) -> None:
 
 
 def decode_containers(cm: CodingModel, items: list[tuple[str, Container]], batch: int, on_step=None,
-                      on_group: Callable[[int, np.ndarray, bool], None] | None = None) -> None:
+                      on_group: Callable[[int, np.ndarray, bool], None] | None = None, workers: int = 1) -> None:
     """Decode the containers' groups in batches (groups of several files together, each file's in
-    order); ``on_group(i, tokens, last)`` gets file i's groups in order, ``last`` with its final one,
-    after which its CRC-32 has been checked (a mismatch raises first)."""
-    from txl_audio.coding import decode_groups
+    order; split between ``workers`` processes); ``on_group(i, tokens, last)`` gets file i's groups in
+    order, ``last`` with its final one, after which its CRC-32 has been checked (a mismatch raises
+    first)."""
+    from txl_audio.codec_workers import BatchError, Coder
 
     for name, c in items:
         check_model(c, cm, name)
@@ -592,26 +608,29 @@ def decode_containers(cm: CodingModel, items: list[tuple[str, Container]], batch
     def groups_of(job):
         yield from job[1]
 
-    for batch_items in _batches(jobs, groups_of, batch):
-        groups = [(items[job[0]][1].words(g), lens) for job, _, (g, lens) in batch_items]
+    batches = ((b, [(items[job[0]][1].words(g), lens) for job, _, (g, lens) in b], [len(lens) for _, _, (_, lens) in b])
+               for b in _batches(jobs, groups_of, batch))
+    with Coder(cm, workers, on_step) as coder:
         try:
-            decoded = decode_groups(cm.portable, groups, cm.start, on_step)
-        except (AssertionError, ValueError, RuntimeError) as e:
-            names = sorted({items[job[0]][0] for job, _, _ in batch_items})
-            raise CodecError(f"{', '.join(names)}: the range code does not decode ({type(e).__name__}): the "
-                             "file is corrupt") from None
-        for (job, _, (g, _)), chunks in zip(batch_items, decoded):
-            i = job[0]
-            name, c = items[i]
-            tokens = np.concatenate(chunks)
-            crc[i] = samples_crc(tokens, cm.sixteen, crc[i])
-            got[i] += len(tokens)
-            last = g == len(c.groups) - 1
-            if last and (got[i] != c.samples or crc[i] != c.samples_crc):
-                raise CodecError(f"{name}: the decoded samples do not match the file's CRC-32: the file is "
-                                 "corrupt")
-            if on_group is not None:
-                on_group(i, tokens, last)
+            for batch_items, decoded in coder.run("decode", batches):
+                for (job, _, (g, _)), chunks in zip(batch_items, decoded):
+                    i = job[0]
+                    name, c = items[i]
+                    tokens = np.concatenate(chunks)
+                    crc[i] = samples_crc(tokens, cm.sixteen, crc[i])
+                    got[i] += len(tokens)
+                    last = g == len(c.groups) - 1
+                    if last and (got[i] != c.samples or crc[i] != c.samples_crc):
+                        raise CodecError(f"{name}: the decoded samples do not match the file's CRC-32: the "
+                                         "file is corrupt")
+                    if on_group is not None:
+                        on_group(i, tokens, last)
+        except BatchError as e:  # constriction's assertion (or a value error) on a code that does not decode
+            if not isinstance(e.error, (AssertionError, ValueError, RuntimeError)):
+                raise e.error from None
+            names = sorted({items[job[0]][0] for job, _, _ in e.tag})
+            raise CodecError(f"{', '.join(names)}: the range code does not decode ({type(e.error).__name__}): "
+                             "the file is corrupt") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -627,6 +646,7 @@ class Report:
     threads: int
     seconds: float = 0.0
     model: str = ""
+    workers: int = 1  # processes that coded (each on one thread when more than one)
 
     @property
     def samples(self) -> int:
@@ -640,7 +660,8 @@ class Report:
                  f"{'into' if self.action == 'compressed' else 'to'} {self.out} with {self.model}",
                  f"{8 * size / max(n, 1):.4f} bits per sample in the {what} (headers included), {size:,} bytes",
                  f"{rate:,.0f} samples/s = {rate / SAMPLE_RATE:.2f}x real time on {self.device} "
-                 f"({self.threads} thread(s))"]
+                 + (f"({self.workers} processes, 1 thread each)" if self.workers > 1
+                    else f"({self.threads} thread(s))")]
         return "\n".join(lines)
 
 
@@ -667,14 +688,17 @@ def _model(model: str | Path | CodingModel | None, device: str) -> CodingModel:
 
 def compress_files(inputs: Sequence[str | Path], out: str | Path, *, model: str | Path | CodingModel | None = None,
                    corpus: str | Path | None = None, split: str = "test", convert: bool = False,
-                   chunk: int = DEFAULT_CHUNK, batch: int = DEFAULT_BATCH, group_chunks: int = GROUP_CHUNKS,
-                   device: str = "cpu", threads: int | None = None, progress: bool = True) -> Report:
+                   chunk: int = DEFAULT_CHUNK, batch: int | None = None, group_chunks: int = GROUP_CHUNKS,
+                   device: str = "cpu", threads: int | None = None, workers: int | None = None,
+                   progress: bool = True) -> Report:
     """Compress audio files / folders (``-``: stdin), or a prepared corpus split, into OUT/NAME.txla
     (``out`` = ``-``: one input to stdout) and OUT/compress.csv. ``model``: a named model (default
-    speech16) or a checkpoint."""
+    speech16) or a checkpoint. ``workers``: processes coding in parallel on the CPU (default: one per
+    core for 20 s of audio or more; see codec_workers); ``batch``: chunks coded together (default
+    128 per worker, DEFAULT_BATCH in one process). The files are the same bytes whatever the two."""
     from txl_audio.devices import torch_threads
 
-    if chunk < 1 or batch < 1 or group_chunks < 1:
+    if chunk < 1 or (batch is not None and batch < 1) or group_chunks < 1:
         raise CodecError(f"chunk, batch and group size must be positive, got {chunk}, {batch}, {group_chunks}")
     with torch_threads(threads):
         cm = _model(model, device)
@@ -701,7 +725,7 @@ def compress_files(inputs: Sequence[str | Path], out: str | Path, *, model: str 
         if to_stdout and len(sources) != 1:
             raise CodecError(f"--out -: one input goes to stdout, got {len(sources)}")
         names = _names([Path("stdin") if s == "-" else Path(s) for s, _ in sources])
-        total = 0
+        total = sum(len(doc) for doc in d.docs) if corpus is not None else 0
         for (src, blocks), name in zip(sources, names):
             if blocks is None:
                 data = read_file("-") if src == "-" else None
@@ -717,12 +741,14 @@ def compress_files(inputs: Sequence[str | Path], out: str | Path, *, model: str 
                 blocks = _chain(first, blocks)
             dest = None if to_stdout else Path(out) / f"{name}{SUFFIX}"
             jobs.append(_CompressJob(cm, src, blocks, dest, chunk, group_chunks))
+        known = None if any(str(s) == "-" for s, _ in sources) else total
+        n_workers = choose_workers(workers, cm.portable.device.type, known)
         t0 = time.perf_counter()
         with _bar(total or None, "compress", progress) as bar:
-            results = compress_jobs(cm, jobs, batch, bar.update)
+            results = compress_jobs(cm, jobs, batch or default_batch(n_workers), bar.update, n_workers)
         seconds = time.perf_counter() - t0
         report = Report("compressed", results, out, cm.portable.device.type, torch.get_num_threads(), seconds,
-                        cm.source)
+                        cm.source, n_workers)
     if not to_stdout:
         rows = "".join(f"{Path(r.path).name},{r.samples},{r.bytes},{r.bits_per_sample:.6f}\n" for r in results)
         (Path(out) / "compress.csv").write_text("file,samples,bytes,bits_per_sample\n" + rows)
@@ -735,12 +761,13 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
 
 
 def decompress_files(files: Sequence[str | Path], out: str | Path, *, model: str | Path | CodingModel | None = None,
-                     device: str = "cpu", threads: int | None = None, batch: int = DEFAULT_BATCH,
-                     progress: bool = True, force: bool = False) -> Report:
+                     device: str = "cpu", threads: int | None = None, batch: int | None = None,
+                     workers: int | None = None, progress: bool = True, force: bool = False) -> Report:
     """Decode .txla files (or folders of them; ``-``: stdin) into OUT/NAME.wav (``out`` = ``-``: one
     file to stdout as WAV), each checked against its CRC-32 before it is written. ``model``: the named
     model or checkpoint that made them (default: the model each file names, a shipped model or its
-    recorded checkpoint). ``force``: version-2 files only (see codec_v2)."""
+    recorded checkpoint). ``workers``, ``batch``: as compress_files. ``force``: version-2 files only (see
+    codec_v2)."""
     from txl_audio.devices import torch_threads
 
     paths: list[str | Path] = []
@@ -760,6 +787,7 @@ def decompress_files(files: Sequence[str | Path], out: str | Path, *, model: str
     v3 = [(n, parse_container(b, n)) for n, b in blobs if not (b[:4] == MAGIC and len(b) > 4 and b[4] == 2)]
     t0 = time.perf_counter()
     results: list[Result] = []
+    used_workers = 1
     with torch_threads(threads):
         models: dict[bytes, CodingModel] = {}
         for name, c in v3:  # which model each file needs, all resolved before decoding
@@ -782,8 +810,10 @@ def decompress_files(files: Sequence[str | Path], out: str | Path, *, model: str
                         sinks[i].close()
                         results.append(Result(sinks[i].path or "-", c.samples, len(c.data), 0.0, name))
 
+                n_workers = choose_workers(workers, cm.portable.device.type, sum(c.samples for _, c in mine))
+                used_workers = max(used_workers, n_workers)
                 try:
-                    decode_containers(cm, mine, batch, bar.update, write)
+                    decode_containers(cm, mine, batch or default_batch(n_workers), bar.update, write, n_workers)
                 except BaseException:
                     for s in sinks.values():
                         s.abort()
@@ -793,7 +823,7 @@ def decompress_files(files: Sequence[str | Path], out: str | Path, *, model: str
         n_threads = torch.get_num_threads()
     dev = next(iter(models.values())).portable.device.type if models else device
     return Report("decompressed", results, out, dev, n_threads, time.perf_counter() - t0,
-                  ", ".join(sorted({cm.source for cm in models.values()})) or str(model))
+                  ", ".join(sorted({cm.source for cm in models.values()})) or str(model), used_workers)
 
 
 def _model_for(c: Container, name: str, model, device: str) -> CodingModel:
@@ -853,20 +883,24 @@ def _decompress_v2(name: str, data: bytes, out, model, device: str, force: bool)
 
 
 def compress_tokens(cm: CodingModel, tokens: np.ndarray, out: str | Path, *, chunk: int = DEFAULT_CHUNK,
-                    batch: int = DEFAULT_BATCH, group_chunks: int = GROUP_CHUNKS, source: str = "") -> Result:
-    """Compress one file's tokens into ``out`` (a .txla container)."""
+                    batch: int = DEFAULT_BATCH, group_chunks: int = GROUP_CHUNKS, source: str = "",
+                    workers: int = 1) -> Result:
+    """Compress one file's tokens into ``out`` (a .txla container), in ``workers`` processes."""
     tokens = np.asarray(tokens).astype(np.int64)
     if tokens.size == 0:
         raise CodecError(f"{source or out}: no samples to compress")
     job = _CompressJob(cm, source or str(out), iter([tokens]), Path(out), chunk, group_chunks)
-    return compress_jobs(cm, [job], batch)[0]
+    return compress_jobs(cm, [job], batch, workers=choose_workers(workers, cm.portable.device.type, None))[0]
 
 
-def decompress_tokens(cm: CodingModel, path: str | Path, batch: int = DEFAULT_BATCH) -> np.ndarray:
-    """Decode one .txla file with ``cm``; its tokens, checked against the file's CRC-32."""
+def decompress_tokens(cm: CodingModel, path: str | Path, batch: int = DEFAULT_BATCH, workers: int = 1
+                      ) -> np.ndarray:
+    """Decode one .txla file with ``cm`` (in ``workers`` processes); its tokens, checked against the
+    file's CRC-32."""
     got: list[np.ndarray] = []
     decode_containers(cm, [(str(path), parse_container(read_file(path), str(path)))], batch,
-                      on_group=lambda i, t, last: got.append(t))
+                      on_group=lambda i, t, last: got.append(t),
+                      workers=choose_workers(workers, cm.portable.device.type, None))
     return np.concatenate(got)
 
 

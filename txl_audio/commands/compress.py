@@ -32,10 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "bits (their original bytes will not come back)")
     p.add_argument("--chunk", type=int, default=4096,
                    help="samples per independently decoded chunk (default 4096)")
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="chunks coded together, across files (default 256)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="chunks coded together, across files (default 128 per worker process, 256 in one)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes coding in parallel on the CPU, one thread each (default: one per core "
+                        "for 20 s of audio or more, else 1); the files are the same bytes")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of one process (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = HELP
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -62,6 +65,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give audio files or folders (- for stdin), or --corpus DIR")
     report = compress_files(inputs, args.out, model=model, corpus=args.corpus, split=args.split,
                             convert=args.convert, chunk=args.chunk, batch=args.batch_size, device=args.device,
-                            threads=args.threads, progress=not args.no_progress)
+                            threads=args.threads, workers=args.workers, progress=not args.no_progress)
     print(report.summary(), file=sys.stderr if args.out == "-" else sys.stdout)
     return 0
