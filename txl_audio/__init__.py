@@ -24,6 +24,34 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+
+def _compile_cache_per_cpu_capability() -> None:
+    """Give ``torch.compile`` a cache folder of its own per ``ATEN_CPU_CAPABILITY``.
+
+    Inductor keeps its C++ kernels and precompiled headers in one folder whatever the capability, so
+    a header made under this CPU's own (AVX-512 here) breaks compiling under
+    ``ATEN_CPU_CAPABILITY=default`` afterwards ("'at::vec' has not been declared", torch 2.13): a run
+    that imitates another CPU fails after one that did not. Where the capability is set and the user
+    has not chosen ``TORCHINDUCTOR_CACHE_DIR``, the cache goes to inductor's usual folder plus
+    ``cpu-<capability>``. At import, because importing torch's compiler fixes the folder."""
+    import os
+
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not cap or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    import getpass
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name (containers): inductor's own fallback
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}",
+                                                         f"cpu-{cap}")
+
+
+_compile_cache_per_cpu_capability()
+
 # public name -> the module that defines it
 _EXPORTS = {
     # the Python API (txl_audio/api.py)
