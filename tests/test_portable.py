@@ -164,6 +164,31 @@ def test_isqrt_is_the_exact_integer_square_root(n):
     assert r * r <= n < (r + 1) * (r + 1)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=(1 << 62) - 1))
+def test_the_kernels_isqrt_is_the_exact_integer_square_root(n):
+    r = int(numerics._isqrt_int(n))
+    assert r * r <= n < (r + 1) * (r + 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 70), st.integers(0, 2**32 - 1), st.sampled_from([8, 12, 20, 30, 40]),
+       st.floats(1e-6, 1e-3))
+def test_layer_norm_kernel_equals_the_tensor_path(D, seed, bits, eps):
+    """The CPU's numba LayerNorm gives the tensor path's integers (what a GPU runs), from tiny to
+    clamped (|x - mean| above 2^25) rows, constant rows (variance 0: eps alone) and negative gains."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(D, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(D, generator=g, dtype=torch.float64)
+    ln = numerics.LayerNorm(w, b, eps)
+    x = torch.randint(-(1 << bits), 1 << bits, (5, 3, D), generator=g)
+    x[0, 0] = x[0, 0, :1]  # a constant row
+    ln.kernel = True
+    got = ln(x)
+    assert torch.equal(got, ln.tensor_path(x))
+    assert got.dtype == torch.long and got.shape == x.shape
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(-(1 << 40), 1 << 40), min_size=1, max_size=20), st.integers(0, 30))
 def test_round_shift_and_round_div_round_half_up(values, s):

@@ -139,7 +139,11 @@ class Linear:
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
-        xd = x.clamp(-self.in_max, self.in_max).double()
+        if x.device.type == "cpu" and x.dtype == torch.long and x.numel():  # clamp and convert in one pass
+            xd = torch.from_numpy(_clamp_double(x.reshape(-1, x.shape[-1]).contiguous().numpy(),
+                                                self.in_max)).view(x.shape)
+        else:
+            xd = x.clamp(-self.in_max, self.in_max).double()
         acc = torch.matmul(xd, self.weight_t)  # integers below 2^53: exact
         if self.plain and acc.device.type == "cpu":  # one pass instead of five tensor operations
             out = _shift_columns(acc.reshape(-1, acc.shape[-1]).numpy(), self.half.numpy(), self.shift.numpy(),
@@ -158,6 +162,17 @@ def _shift_columns(acc, half, shift, bias):  # pragma: no cover
     for i in range(N):
         for j in range(M):
             out[i, j] = ((np.int64(acc[i, j]) + half[j]) >> shift[j]) + bias[j]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _clamp_double(x, m):  # pragma: no cover
+    """float64(clamp(x, -m, m)) for int64 x (N, M): exact (|x| <= m < 2^53)."""
+    N, M = x.shape
+    out = np.empty((N, M), dtype=np.float64)
+    for i in range(N):
+        for j in range(M):
+            out[i, j] = np.float64(min(max(x[i, j], -m), m))
     return out
 
 
@@ -182,12 +197,21 @@ class LayerNorm:
         self.eps = max(1, round(eps * ACT_ONE * ACT_ONE))
         if self.g.abs().max() >= (1 << 20):
             raise NotExact("a LayerNorm gain above 256")
+        self.kernel = True  # on the CPU: the numba kernel below (the same integers)
 
     def to(self, device: torch.device) -> LayerNorm:
         self.g, self.b = self.g.to(device), self.b.to(device)
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.kernel and x.device.type == "cpu" and x.numel():  # one pass per row instead of ~20 ops
+            out = _layer_norm_rows(x.reshape(-1, x.shape[-1]).contiguous().numpy(), self.g.numpy(),
+                                   self.b.numpy(), self.eps, self.C_MAX, self.STD_BITS)
+            return torch.from_numpy(out).view(x.shape)
+        return self.tensor_path(x)
+
+    def tensor_path(self, x: Tensor) -> Tensor:
+        """The same integers in tensor operations (what a GPU runs; the kernel is tested against it)."""
         D = x.shape[-1]
         mean = round_div(x.sum(-1, keepdim=True), D)
         c = (x - mean).clamp(-self.C_MAX, self.C_MAX)
@@ -196,6 +220,46 @@ class LayerNorm:
         sd = isqrt(var.clamp(max=(1 << 50) - 1) << (2 * S))  # sqrt(var) * 2^S
         # c * g: |c| < 2^25, |g| < 2^20, times 2^S: < 2^51
         return round_div((c * self.g) << S, sd) + self.b
+
+
+@numba.njit(cache=True, nogil=True)
+def _isqrt_int(n):  # pragma: no cover
+    """floor(sqrt(n)) for int64 0 <= n < 2^62, as :func:`isqrt`: a float start, integer corrections."""
+    r = np.int64(np.sqrt(np.float64(n)))
+    for _ in range(2):
+        if r * r > n:
+            r -= 1
+    for _ in range(2):
+        if (r + 1) * (r + 1) <= n:
+            r += 1
+    return r
+
+
+@numba.njit(cache=True, nogil=True)
+def _layer_norm_rows(x, g, b, eps, c_max, std_bits):  # pragma: no cover
+    """:meth:`LayerNorm.tensor_path` per row of x (N, D) int64: the same integers (Python's floor
+    division and int64 arithmetic, bounded as there)."""
+    N, D = x.shape
+    out = np.empty((N, D), dtype=np.int64)
+    c = np.empty(D, dtype=np.int64)
+    for i in range(N):
+        total = np.int64(0)
+        for j in range(D):
+            total += x[i, j]
+        mean = (2 * total + D) // (2 * D)
+        sq = np.int64(0)
+        for j in range(D):
+            v = x[i, j] - mean
+            v = min(max(v, -c_max), c_max)
+            c[j] = v
+            sq += v * v
+        var = sq // D + eps
+        var = min(var, (np.int64(1) << 50) - 1)
+        sd = _isqrt_int(var << (2 * std_bits))
+        for j in range(D):
+            a = (c[j] * g[j]) << std_bits
+            out[i, j] = (2 * a + sd) // (2 * sd) + b[j]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
