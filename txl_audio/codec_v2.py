@@ -233,17 +233,24 @@ def decompress_tokens(model: TransformerXL, path: str | Path, data: bytes, *, fo
                          "last bit and the decoding would fail; use the same kind of device and torch "
                          "(or --force)")
     start_tok = start_token(tokenizer_of(header))
+    other_cpu = (f"version-2 files were coded with the float model's own probabilities, which differ in "
+                 f"their last bits between kinds of CPU (vector width, FMA, BLAS kernels): decode it on the "
+                 f"kind of machine that made it (torch {header.torch} on {header.device}, {header.threads} "
+                 "thread(s)) and compress the audio again; version-3 files decode on any machine")
     tokens, pos = [], 0
     for size, n in header.groups:
         words = np.frombuffer(payload[pos : pos + size], dtype="<u4").astype(np.uint32)
         pos += size
         first = len(tokens)
         lengths = [min(header.chunk, header.samples - (first + i) * header.chunk) for i in range(n)]
-        tokens += decode_group(model, words, lengths, start_tok, header.cuda_graph, on_step)
+        try:
+            tokens += decode_group(model, words, lengths, start_tok, header.cuda_graph, on_step)
+        except AssertionError:  # constriction: the payload is invalid under these probabilities
+            raise CodecError(f"{path}: does not decode on this machine: {other_cpu}") from None
     out = np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64)
     if len(out) != header.samples or _digest(out, sixteen_bit(model)) != header.sha256:
-        raise CodecError(f"{path}: the decoded samples do not match the file's SHA-256: the file is corrupt, "
-                         "or it was made on a machine whose arithmetic differs from this one")
+        raise CodecError(f"{path}: the decoded samples do not match the file's SHA-256 (the payload's CRC "
+                         f"matched): {other_cpu}")
     return header, out
 
 
