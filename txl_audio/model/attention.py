@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from txl_audio.model.memory import LayerMemory
 
@@ -469,6 +468,9 @@ def _plain_attention(qh: Tensor, kh: Tensor, vh: Tensor, mask: Tensor | None, p:
         if T == 1:
             return F.scaled_dot_product_attention(qh, kh, vh, dropout_p=p)
         if qh.device.type == "cuda":
+            # imported here: torch.nn.attention.bias pulls in torch's compiler (0.75 s at start-up)
+            from torch.nn.attention.bias import causal_lower_right
+
             return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=causal_lower_right(T, K), dropout_p=p)
         mask = attention_mask(T, K, None, qh.device, dtype=torch.bool)
     n = CPU_QUERY_BLOCK
