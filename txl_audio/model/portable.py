@@ -61,6 +61,7 @@ PRE_SHIFT = 14  # score differences are shifted right by this before the log2 co
 MAX_KEYS = 1 << 14  # keys per query: with weights < 2^16 and values < 2^22, sums stay below 2^53
 PRIOR_BITS = 24  # fractional bits of the network prior's coefficients
 HALF = 32_768
+ONE_MATMUL_QUERIES = 16  # calls of up to this many tokens (decoding) get their position scores by matmul
 
 
 @dataclass
@@ -158,42 +159,53 @@ class _Layer:
 
 
 # not parallel: numba's worker threads spin between calls and slow the tensor operations around
-# every step by more than the kernel gains (measured: 2.5x slower steps at batch 256 on 2 cores)
-@numba.njit(cache=True, nogil=True)
-def _attend_rows(qu, qv, keys, values, table, idx, hidden, mul, mul_shift, exp_table):  # pragma: no cover
+# every step by more than the kernel gains (measured: 2.5x slower steps at batch 256 on 2 cores).
+# fastmath's reassoc/contract only: every sum here is of integer-valued float64 products whose absolute
+# values sum below 2^53 (QKV_MAX, MAX_KEYS), so every partial sum in any order is an exact integer and
+# reordering or fusing cannot change a bit; the flags let LLVM vectorise the sums.
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _attend_rows(qu, qv, keys, values, table, idx, by_dist, hidden, mul, mul_shift, exp_table):  # pragma: no cover
     """Attention in integers for n queries per row, reading the int32 ring in place (no float64 copies
     of it, no (B, H, n, S) temporaries): the same integers as the tensor path of ``_attend``. qu, qv
     (B, H, n, Dh) int64 (queries plus the content and position biases); keys, values (B, H, S, Dh)
-    int32; table (H, R, Dh) int64 relative keys (R = 0: no position term) with idx (n, S) each
-    query's row in it for each slot; hidden (n, S) bool. Every sum is of integers in int64 (bounded by
-    the exactness checks), so the order of the loops does not matter."""
+    int32; the position term either from table (H, R, Dh) int64 relative keys with idx (n, S) each
+    query's row in it for each slot, or, where by_dist (H, B n, R) float64 is not empty, those scores
+    already computed (qv of row b, query i against every row of the table: the caller's matmul for
+    one-token steps); neither (R = 0): no position term; hidden (n, S) bool."""
     B, H, S, Dh = keys.shape
     n = qu.shape[2]
     out = np.zeros((B, H, n, Dh), dtype=np.int64)
     rel = table.shape[1] > 0
+    given = by_dist.shape[2] > 0
     fmask = (1 << EXP_FRAC_BITS) - 1
+    scores = np.empty(S, dtype=np.int64)
+    acc = np.empty(Dh, dtype=np.float64)
+    q1 = np.empty(Dh, dtype=np.float64)
+    q2 = np.empty(Dh, dtype=np.float64)
     for bh in range(B * H):
         b = bh // H
         h = bh % H
-        scores = np.empty(S, dtype=np.int64)
-        acc = np.empty(Dh, dtype=np.int64)
         for i in range(n):
+            for d in range(Dh):
+                q1[d] = qu[b, h, i, d]
+                q2[d] = qv[b, h, i, d] if rel and not given else 0.0
             top = -(1 << 62)
             for s in range(S):
-                if hidden[i, s]:
-                    continue
-                sc = 0
+                sc = 0.0
                 for d in range(Dh):
-                    sc += qu[b, h, i, d] * keys[b, h, s, d]
-                if rel:
+                    sc += q1[d] * keys[b, h, s, d]
+                if given:
+                    sc += by_dist[h, b * n + i, idx[i, s]]
+                elif rel:
                     r = idx[i, s]
                     for d in range(Dh):
-                        sc += qv[b, h, i, d] * table[h, r, d]
-                scores[s] = sc
-                if sc > top:
-                    top = sc
+                        sc += q2[d] * table[h, r, d]
+                isc = np.int64(sc)
+                scores[s] = isc
+                if not hidden[i, s] and isc > top:
+                    top = isc
             for d in range(Dh):
-                acc[d] = 0
+                acc[d] = 0.0
             total = 0
             for s in range(S):
                 if hidden[i, s]:
@@ -207,10 +219,11 @@ def _attend_rows(qu, qv, keys, values, table, idx, hidden, mul, mul_shift, exp_t
                     continue
                 w = exp_table[y & fmask] >> m
                 total += w
+                wf = np.float64(w)
                 for d in range(Dh):
-                    acc[d] += w * values[b, h, s, d]
+                    acc[d] += wf * values[b, h, s, d]
             for d in range(Dh):
-                out[b, h, i, d] = (2 * acc[d] + total) // (2 * total)
+                out[b, h, i, d] = (2 * np.int64(acc[d]) + total) // (2 * total)
     return out
 
 
@@ -456,6 +469,7 @@ class PortableModel:
         """The numba kernel (CPU): (B, H, n, Dh) int64."""
         H, Dh = layer.H, layer.Dh
         B, _, n, _ = qu.shape
+        by_dist = np.zeros((1, 1, 0))
         if rel_k is None:
             table = np.zeros((H, 0, Dh), dtype=np.int64)
             idx = np.zeros(hidden.shape, dtype=np.int64)
@@ -463,17 +477,29 @@ class PortableModel:
         else:
             W = rel_k.shape[1]
             if crel is None:
-                table, idx = rel_k.numpy(), dist.numpy()
+                t, idx = rel_k, dist.numpy()
             else:  # one table: the compressed slots' distances after the ring's
                 ctab, cidx = crel
-                table = torch.cat([rel_k, ctab], dim=1).numpy()
+                t = torch.cat([rel_k, ctab], dim=1)
                 idx = torch.cat([cidx + W, dist], dim=1).numpy()
+            table = t.numpy()
             qv_np = qv.contiguous().numpy()
+            if n <= ONE_MATMUL_QUERIES:  # the position scores of every row: one matmul per head (exact)
+                q = qv.permute(1, 0, 2, 3).reshape(H, B * n, Dh).double()
+                by_dist = torch.bmm(q, self._table_t(rel_k, t)).numpy()  # (H, B n, R)
         o = _attend_rows(qu.contiguous().numpy(), qv_np, keys.numpy(), values.numpy(),
-                         np.ascontiguousarray(table), np.ascontiguousarray(idx),
+                         np.ascontiguousarray(table), np.ascontiguousarray(idx), by_dist,
                          np.ascontiguousarray(hidden.numpy()), layer.mul, layer.mul_shift,
                          self.exp_table.numpy())
         return torch.from_numpy(o)
+
+    def _table_t(self, rel_k: Tensor, table: Tensor) -> Tensor:
+        """(H, Dh, R) float64 of a layer's relative-key table (integers: exact), kept with the table."""
+        have = self._trig.get(("matmul", id(rel_k)))
+        if have is None or have[0] is not rel_k or have[1].shape[-1] != table.shape[1]:
+            have = (rel_k, table.double().transpose(1, 2).contiguous())
+            self._trig[("matmul", id(rel_k))] = have
+        return have[1]
 
     def _compress(self, cache: PortableCache) -> None:
         """At a segment boundary: compress the groups of c positions that left the memory (as
