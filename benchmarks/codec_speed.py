@@ -8,6 +8,7 @@ cascade) and the 8-bit demo's (tiny_cpu.toml), or any --config. On a GPU it also
 on the CPU and one made on the GPU are the same bytes and that each decodes on the other device.
 
     python benchmarks/codec_speed.py                              # CPU, batch 1 4 16
+    python benchmarks/codec_speed.py --models speech16 --batch 236 --chunk 2048 --workers 1 2
     python benchmarks/codec_speed.py --device cuda --batch 1 16 64 \
         --config recipes/configs/sc09_gpu.toml
 
@@ -49,14 +50,14 @@ def speech_like(n: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def measure(model, tokenizer, batch: int, chunk: int, device: torch.device) -> dict:
+def measure(model, tokenizer, batch: int, chunk: int, device: torch.device, workers: int = 1) -> dict:
     tokens = np.asarray(tokenizer.encode(speech_like(batch * chunk))).astype(np.int64)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         cm = codec.coding_model(model, tokenizer)
-        r = codec.compress_tokens(cm, tokens, Path(d) / "x.txla", chunk=chunk, batch=batch)
+        r = codec.compress_tokens(cm, tokens, Path(d) / "x.txla", chunk=chunk, batch=batch, workers=workers)
         t1 = time.perf_counter()
-        back = codec.decompress_tokens(cm, r.path, batch=batch)
+        back = codec.decompress_tokens(cm, r.path, batch=batch, workers=workers)
         t2 = time.perf_counter()
         assert np.array_equal(back, tokens)
         cross = None
@@ -69,7 +70,7 @@ def measure(model, tokenizer, batch: int, chunk: int, device: torch.device) -> d
             assert cross, "the CPU's and the GPU's files differ, or one does not decode on the other device"
     n = len(tokens)
     c, d = n / (t1 - t0), n / (t2 - t1)
-    return {"batch": batch, "chunk": chunk, "samples": n, "bits_per_sample": r.bits_per_sample,
+    return {"batch": batch, "chunk": chunk, "workers": workers, "samples": n, "bits_per_sample": r.bits_per_sample,
             "compress_samples_per_s": c, "decompress_samples_per_s": d,
             "compress_realtime": c / SAMPLE_RATE, "decompress_realtime": d / SAMPLE_RATE,
             "cpu_gpu_files_identical": cross}
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--config", action="append", default=[], help="also a recipe TOML (16-bit: pcm16 tokens)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as compress uses)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="worker processes, each a share of the batch's groups (CPU; default 1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec_speed.json"))
     ap.add_argument("--quick", action="store_true", help="batch 1 and 4 of 256-sample chunks: a smoke run")
     args = ap.parse_args(argv)
@@ -104,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         model = TransformerXL(cfg).to(device).eval()
         tokenizer = make_tokenizer(tok)
-        for b in args.batch:
-            row = {"model": name, "head": cfg.head, **measure(model, tokenizer, b, args.chunk, device)}
+        for b, w in ((b, w) for b in args.batch for w in args.workers):
+            row = {"model": name, "head": cfg.head, **measure(model, tokenizer, b, args.chunk, device, w)}
             rows.append(row)
-            print(f"{name:>16} batch {b:3d}: compress {row['compress_samples_per_s']:9,.0f}/s "
+            print(f"{name:>16} batch {b:3d} workers {w}: compress {row['compress_samples_per_s']:9,.0f}/s "
                   f"({row['compress_realtime']:.3f}x real time), decompress "
                   f"{row['decompress_samples_per_s']:9,.0f}/s ({row['decompress_realtime']:.3f}x)",
                   flush=True)
@@ -120,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(info: dict) -> str:
     lines = [f"codec speed on {info['device']}, torch {info['torch']}, {info['threads']} thread(s)",
-             "| model | head | batch | compress samples/s | x real time | decompress samples/s "
+             "| model | head | batch | workers | compress samples/s | x real time | decompress samples/s "
              "| x real time |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in info["rows"]:
-        lines.append(f"| {r['model']} | {r['head']} | {r['batch']} | {r['compress_samples_per_s']:,.0f} | "
+        lines.append(f"| {r['model']} | {r['head']} | {r['batch']} | {r.get('workers', 1)} | "
+                     f"{r['compress_samples_per_s']:,.0f} | "
                      f"{r['compress_realtime']:.3f} | {r['decompress_samples_per_s']:,.0f} | "
                      f"{r['decompress_realtime']:.3f} |")
     return "\n".join(lines)

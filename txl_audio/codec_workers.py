@@ -6,7 +6,8 @@ gives the very bytes that coding them in one does (tests/test_codec_workers.py).
 threads: a decoding step is hundreds of small tensor operations and coder calls that hold the GIL, so
 two threads decode at 1.2x one thread's speed where two processes reach 2.3x (speech16, 236 chunks of
 2,048 samples on this project's 2-core machine: one process 0.52x real time; two processes of 118 rows
-each 0.59x each, 1.18x together; ``python benchmarks/codec_speed.py --workers 1 2``).
+each 0.59x each, 1.18x together; ``python benchmarks/codec_speed.py --models speech16 --batch 236
+--chunk 2048 --workers 1 2``, random weights).
 
 The workers are forked from the process that has the model loaded (no second import of torch, no
 second copy of the weights to send); each runs torch on one thread. Where ``fork`` is not available
