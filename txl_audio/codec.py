@@ -307,7 +307,7 @@ def file_tokens(path: str | Path, tokenizer: Any, sixteen: bool, convert: bool =
 
 
 def token_blocks(path: str | Path, tokenizer: Any, sixteen: bool, convert: bool = False,
-                 block: int = 1 << 20, data: bytes | None = None) -> Iterator[np.ndarray]:
+                 block: int = 1 << 17, data: bytes | None = None) -> Iterator[np.ndarray]:
     """The tokens of a file in blocks of ``block`` samples (a 16-bit file is read block by block, so a
     long one never sits in memory whole). ``data``: the file's bytes instead of reading ``path`` (stdin)."""
     path = Path(path)
@@ -480,7 +480,8 @@ class _CompressJob:
             self.buf = np.concatenate([self.buf, b])
         if len(self.buf) == 0:
             return None
-        take, self.buf = self.buf[:want], self.buf[want:]
+        # copies, not views: a view would keep the whole read block alive while its group is in flight
+        take, self.buf = self.buf[:want].copy(), self.buf[want:].copy()
         self.samples += len(take)
         self.crc = samples_crc(take, self.cm.sixteen, self.crc)
         self.produced += 1

@@ -289,6 +289,9 @@ def _sample_bits(x: np.ndarray) -> np.ndarray:
     return ((x[:, None] >> (15 - np.arange(ROUNDS))) & 1).astype(np.int32)
 
 
+ENCODE_POSITIONS = 2048  # positions the encoder scores per model call (128 rows: 16-token pieces)
+
+
 class Scheme:
     """How one head's predictions become symbols: ``tables`` for known tokens (the encoder) yield, per
     coder call, (symbols (N,), family, parameters (N, ...)); ``decode`` pulls the tokens from the
@@ -393,7 +396,9 @@ def encode_groups(pm, groups: list[list[np.ndarray]], start: int, on_step=None) 
     feed = np.concatenate([np.full((rows.B, 1), start, dtype=np.int64), tok[:, :-1]], axis=1)
     encoders = [constriction.stream.queue.RangeEncoder() for _ in groups]
     cache = pm.init_cache(rows.B)
-    T = pm.config.tgt_len
+    # pieces of at most ENCODE_POSITIONS positions (rows x tokens) per model call: the activations of a
+    # call stay ~30 MB whatever the batch (exact pieces give the same numbers as whole segments)
+    T = max(1, min(pm.config.tgt_len, ENCODE_POSITIONS // rows.B))
     for s in range(0, rows.T, T):
         e = min(rows.T, s + T)
         params = pm.step(torch.as_tensor(feed[:, s:e], device=pm.device), cache)
