@@ -120,11 +120,13 @@ def run_set(name: str, files: list[Path], cm: codec.CodingModel, args, work: Pat
         sf.write(wavs[-1], x, SAMPLE_RATE, subtype="PCM_16")
     row: dict = {"set": name, "files": len(files), "samples": n, "seconds_of_audio": n / SAMPLE_RATE}
     txla, back = work / name / "txla", work / name / "back"
-    rep = codec.compress_files(wavs, txla, model=cm, chunk=args.chunk, batch=args.batch, progress=False)
+    rep = codec.compress_files(wavs, txla, model=cm, chunk=args.chunk, batch=args.batch, progress=False,
+                               threads=args.threads, workers=args.workers)
     row["txla_bytes"] = sum(r.bytes for r in rep.results)
     row["compress_seconds"] = rep.seconds
     rep2 = codec.decompress_files(
-        sorted(txla.glob("*.txla")), back, model=cm, batch=args.batch, progress=False
+        sorted(txla.glob("*.txla")), back, model=cm, batch=args.batch, progress=False, threads=args.threads,
+        workers=args.workers,
     )
     row["decompress_seconds"] = rep2.seconds
     for w, x in zip(wavs, samples):
@@ -166,10 +168,12 @@ def long_file(name: str, files: list[Path], seconds: float, cm, args, work: Path
     wav = work / f"{name}_long.wav"
     sf.write(wav, x, SAMPLE_RATE, subtype="PCM_16")
     rep = codec.compress_files(
-        [wav], work / "long_txla", model=cm, chunk=args.chunk, batch=args.batch, progress=False
+        [wav], work / "long_txla", model=cm, chunk=args.chunk, batch=args.batch, progress=False,
+        threads=args.threads, workers=args.workers,
     )
     rep2 = codec.decompress_files(
-        [rep.results[0].path], work / "long_back", model=cm, batch=args.batch, progress=False
+        [rep.results[0].path], work / "long_back", model=cm, batch=args.batch, progress=False,
+        threads=args.threads, workers=args.workers,
     )
     back = work / "long_back" / wav.name
     if cm.sixteen:
@@ -270,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long", type=float, default=0.0, help="also one file of this many seconds (first set)")
     ap.add_argument("--sac", help="Sac binary (else $TXL_SAC; no Sac column without)")
     ap.add_argument("--sac-high", action="store_true", help="also Sac --high (about 0.5x real time)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="CPU cores the codec may use (default 2)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="codec worker processes (default: as txl-audio compress, one per core for 20 s or more)")
     ap.add_argument("--chunk", type=int, default=codec.DEFAULT_CHUNK)
-    ap.add_argument("--batch", type=int, default=codec.DEFAULT_BATCH)
+    ap.add_argument("--batch", type=int, default=None, help="chunks coded together (default: the codec's)")
     ap.add_argument("--out", default=str(HERE / "results" / "codec"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
