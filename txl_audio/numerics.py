@@ -138,7 +138,10 @@ class Linear:
         self._post()
         return self
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, add: Tensor | None = None, lo: int | None = None, hi: int | None = None
+                 ) -> Tensor:
+        """x W^T + b, plus ``add`` (the same shape as the output: a residual), clamped to [lo, hi] where
+        given: on the CPU one pass after the product instead of a tensor operation each."""
         if x.device.type == "cpu" and x.dtype == torch.long and x.numel():  # clamp and convert in one pass
             xd = torch.from_numpy(_clamp_double(x.reshape(-1, x.shape[-1]).contiguous().numpy(),
                                                 self.in_max)).view(x.shape)
@@ -146,22 +149,34 @@ class Linear:
             xd = x.clamp(-self.in_max, self.in_max).double()
         acc = torch.matmul(xd, self.weight_t)  # integers below 2^53: exact
         if self.plain and acc.device.type == "cpu":  # one pass instead of five tensor operations
-            out = _shift_columns(acc.reshape(-1, acc.shape[-1]).numpy(), self.half.numpy(), self.shift.numpy(),
-                                 self.bias0.numpy())
+            M = acc.shape[-1]
+            a = (add.reshape(-1, M).contiguous().numpy() if add is not None
+                 else np.zeros((0, M), dtype=np.int64))
+            out = _shift_columns(acc.reshape(-1, M).numpy(), self.half.numpy(), self.shift.numpy(),
+                                 self.bias0.numpy(), a, -(1 << 62) if lo is None else lo,
+                                 (1 << 62) if hi is None else hi)
             return torch.from_numpy(out).view(acc.shape)
         y = (acc.long() + self.half) >> self.shift << self.left
-        return y if self.bias is None else y + self.bias
+        if self.bias is not None:
+            y = y + self.bias
+        if add is not None:
+            y = y + add
+        return y if lo is None and hi is None else y.clamp(lo, hi)
 
 
 @numba.njit(cache=True, nogil=True)
-def _shift_columns(acc, half, shift, bias):  # pragma: no cover
-    """((int64(acc) + half) >> shift) + bias per column; acc (N, M) float64 holding integers below
-    2^53 (exactly converted)."""
+def _shift_columns(acc, half, shift, bias, add, lo, hi):  # pragma: no cover
+    """clamp(((int64(acc) + half) >> shift) + bias (+ add), lo, hi) per column; acc (N, M) float64
+    holding integers below 2^53 (exactly converted); add (N, M) int64, or (0, M): none."""
     N, M = acc.shape
     out = np.empty((N, M), dtype=np.int64)
+    with_add = add.shape[0] > 0
     for i in range(N):
         for j in range(M):
-            out[i, j] = ((np.int64(acc[i, j]) + half[j]) >> shift[j]) + bias[j]
+            v = ((np.int64(acc[i, j]) + half[j]) >> shift[j]) + bias[j]
+            if with_add:
+                v += add[i, j]
+            out[i, j] = min(max(v, lo), hi)
     return out
 
 

@@ -121,8 +121,9 @@ class _Layer:
         H, Dh = a.n_head, a.d_head
         w = a.qkv.weight
         self.pre_norm = layer.pre_norm
-        self.q = Linear(w[: H * Dh], None, name="attention queries").to(device)
         self.kv = Linear(w[H * Dh :], None, name="attention keys and values").to(device)
+        # all three in one product (each output row is quantised on its own: the same integers)
+        self.qkv = Linear(w, None, name="attention queries, keys and values").to(device)
         self.out = Linear(a.out.weight, None, name="attention output").to(device)
         self.relative = a.relative
         if a.relative:
@@ -147,13 +148,19 @@ class _Layer:
         kv = self.kv(x).clamp(-QKV_MAX, QKV_MAX).view(B, g, 2, self.H, self.Dh)
         return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
 
-    def ff(self, x: Tensor) -> Tensor:
-        return self.fc2(self.fc1(x).clamp(0, MATMUL_IN_MAX))
+    def ff(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """The feed-forward block; with ``residual``: residual + ff(x), clamped to the residual range
+        (added in the output layer's pass)."""
+        y = self.fc1(x, lo=0, hi=MATMUL_IN_MAX)
+        if residual is None:
+            return self.fc2(y)
+        return self.fc2(y, add=residual, lo=-RESIDUAL_MAX, hi=RESIDUAL_MAX)
 
     def finish(self, x: Tensor, a: Tensor) -> Tensor:
+        """After attention: pre-norm gets x + attention already added and clamped (the output
+        projection's pass does it), post-norm the attention output."""
         if self.pre_norm:
-            x = (x + a).clamp(-RESIDUAL_MAX, RESIDUAL_MAX)
-            return (x + self.ff(self.ff_norm(x))).clamp(-RESIDUAL_MAX, RESIDUAL_MAX)
+            return self.ff(self.ff_norm(a), residual=a)
         x = self.attn_norm(x + a)
         return self.ff_norm(x + self.ff(x))
 
@@ -419,7 +426,8 @@ class PortableModel:
             x_in = layer.attn_norm(h) if layer.pre_norm else h
             a = self._attend(layer, x_in, cache.keys[i], cache.values[i], slots + Cc, dist, hidden, rope,
                              None if rel is None else rel[i],
-                             None if crel is None else (crel[i], crel_idx), Cc)
+                             None if crel is None else (crel[i], crel_idx), Cc,
+                             residual=h if layer.pre_norm else None)
             h = layer.finish(h, a)
         if self.final_norm is not None:
             h = self.final_norm(h)
@@ -427,11 +435,14 @@ class PortableModel:
         return self._head(h, tokens, cache, cas)
 
     def _attend(self, layer: _Layer, x: Tensor, keys: Tensor, values: Tensor, slots: Tensor, dist: Tensor,
-                hidden: Tensor, rope, rel_k: Tensor | None, crel, Cc: int) -> Tensor:
+                hidden: Tensor, rope, rel_k: Tensor | None, crel, Cc: int, residual: Tensor | None = None
+                ) -> Tensor:
+        """Attention of x (B, n, D) over the ring: the output projection, plus ``residual`` clamped to
+        the residual range where given (in the projection's pass)."""
         B, n, _ = x.shape
         H, Dh = layer.H, layer.Dh
-        q = layer.q(x).clamp(-QKV_MAX, QKV_MAX).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
-        k, v = layer.slot_kv(x)  # (B, H, n, Dh)
+        qkv = layer.qkv(x, lo=-QKV_MAX, hi=QKV_MAX).view(B, n, 3, H, Dh)
+        q, k, v = (qkv[:, :, j].transpose(1, 2) for j in range(3))  # (B, H, n, Dh) each
         if rope is not None:  # (a rotation can grow a pair by sqrt 2: back within the bound)
             q = _rotate(q, *rope).clamp(-QKV_MAX, QKV_MAX)
             k = _rotate(k, *rope).clamp(-QKV_MAX, QKV_MAX)
@@ -442,9 +453,10 @@ class PortableModel:
             qv = (q + layer.v[:, None]).clamp(-QKV_MAX, QKV_MAX)
         else:
             qu, qv = q, None
+        clamp = {} if residual is None else {"add": residual, "lo": -RESIDUAL_MAX, "hi": RESIDUAL_MAX}
         if self.kernel and keys.device.type == "cpu":
             o = self._attend_kernel(qu, qv, keys, values, dist, hidden, rel_k, crel, layer)
-            return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh))
+            return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh), **clamp)
         kf, vf = keys.double(), values.double()
         if layer.relative:
             scores = exact_matmul(qu, kf.transpose(-1, -2))  # (B, H, n, C+W)
@@ -463,7 +475,7 @@ class PortableModel:
         y = (d * layer.mul) >> layer.mul_shift
         p = softmax_weights(y, self.exp_table, 16).masked_fill(hid, 0)  # (B, H, n, C+W), <= 2^16
         o = round_div(exact_matmul(p, vf), p.sum(-1, keepdim=True))  # (B, H, n, Dh)
-        return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh))
+        return layer.out(o.transpose(1, 2).reshape(B, n, H * Dh), **clamp)
 
     def _attend_kernel(self, qu, qv, keys, values, dist, hidden, rel_k, crel, layer) -> Tensor:
         """The numba kernel (CPU): (B, H, n, Dh) int64."""
