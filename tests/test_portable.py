@@ -85,14 +85,14 @@ def concat(parts):
 @pytest.mark.parametrize("head", ["mulaw", "mixture_prior", "mixture_cascade"])
 def test_segment_pass_equals_one_token_steps_exactly(variant, head):
     """A whole stream in one call (cut at segment boundaries inside), one token at a time, and pieces
-    of 5 across segments give the same integers, with attention in the CPU's numba kernel and in the
-    tensor path (what a GPU runs), in either combination."""
+    of 5 across segments give the same integers, with the CPU's numba kernels (attention, LayerNorm,
+    the Linear's passes with their residuals and clamps) and with the tensor path (what a GPU runs)."""
     m = model(**{**HEADS[head], **VARIANTS[variant]})
     pm = PortableModel(m)
     x = signal(70, m.config.vocab_size)
     got = []
     for kernel in (True, False):
-        pm.kernel = kernel
+        pm.use_kernels(kernel)
         whole = pm.step(x, pm.init_cache(2))
         c = pm.init_cache(2)
         ones = concat([pm.step(x[:, i : i + 1], c) for i in range(x.shape[1])])

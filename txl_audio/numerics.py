@@ -120,6 +120,7 @@ class Linear:
         if bias is not None:
             self.bias = torch.round(bias.detach().to("cpu", torch.float64) * 2.0**out_bits).long()
         self.out_features = out_features
+        self.kernel = True  # on the CPU: the numba passes (the same integers as the tensor operations)
 
         self._post()
 
@@ -142,13 +143,14 @@ class Linear:
                  ) -> Tensor:
         """x W^T + b, plus ``add`` (the same shape as the output: a residual), clamped to [lo, hi] where
         given: on the CPU one pass after the product instead of a tensor operation each."""
-        if x.device.type == "cpu" and x.dtype == torch.long and x.numel():  # clamp and convert in one pass
+        cpu = self.kernel and x.device.type == "cpu"
+        if cpu and x.dtype == torch.long and x.numel():  # clamp and convert in one pass
             xd = torch.from_numpy(_clamp_double(x.reshape(-1, x.shape[-1]).contiguous().numpy(),
                                                 self.in_max)).view(x.shape)
         else:
             xd = x.clamp(-self.in_max, self.in_max).double()
         acc = torch.matmul(xd, self.weight_t)  # integers below 2^53: exact
-        if self.plain and acc.device.type == "cpu":  # one pass instead of five tensor operations
+        if cpu and self.plain:  # one pass instead of five tensor operations
             M = acc.shape[-1]
             a = (add.reshape(-1, M).contiguous().numpy() if add is not None
                  else np.zeros((0, M), dtype=np.int64))

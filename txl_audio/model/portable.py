@@ -306,6 +306,22 @@ class PortableModel:
         self.exp_table = torch.from_numpy(exp2_table(16)).to(device)
         self._trig: dict = {}
 
+    def use_kernels(self, on: bool) -> None:
+        """The CPU's numba kernels (attention, LayerNorm, the Linear's passes) on, or off: then every
+        step runs the tensor operations a GPU runs (the same integers: the tests compare the two)."""
+        self.kernel = on
+        for obj in self._numerics():
+            obj.kernel = on
+
+    def _numerics(self):
+        seen = set()
+        for holder in [self, *self.layers]:
+            for v in vars(holder).values():
+                for o in (v if isinstance(v, list) else [v]):
+                    if isinstance(o, (Linear, LayerNorm)) and id(o) not in seen:
+                        seen.add(id(o))
+                        yield o
+
     # ---- tables ---------------------------------------------------------------------------------------
 
     def _rope(self, numerators: Tensor) -> tuple[Tensor, Tensor]:
