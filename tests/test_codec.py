@@ -273,7 +273,8 @@ def test_version_2_files_still_decode(tmp_path, capsys):
     decodes to its stored codes where the float kernels give the maker's bits. Version 2 coded with
     float probabilities, which differ between kinds of CPU (an Intel Xeon with AVX-512 gives other last
     bits under every ATEN_CPU_CAPABILITY): there the decoding must end in one line that names the file
-    and says why and what to do, exit code 1, no WAV left behind."""
+    and says why and what to do, exit code 1, no WAV left behind, whether the range decoder rejects
+    the payload (avx512, avx2 there) or the samples come out wrong and fail the SHA-256 (default)."""
     data_dir = ROOT / "tests" / "data"
     rc = main(["decompress", str(data_dir / "v2_sample.txla"), "--model", str(data_dir / "v2_model.pt"),
                "--out", str(tmp_path), "--no-progress"])

@@ -249,8 +249,8 @@ def decompress_tokens(model: TransformerXL, path: str | Path, data: bytes, *, fo
             raise CodecError(f"{path}: does not decode on this machine: {other_cpu}") from None
     out = np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64)
     if len(out) != header.samples or _digest(out, sixteen_bit(model)) != header.sha256:
-        raise CodecError(f"{path}: the decoded samples do not match the file's SHA-256 (the payload's CRC "
-                         f"matched): {other_cpu}")
+        raise CodecError(f"{path}: does not decode on this machine: the decoded samples do not match the "
+                         f"file's SHA-256 (the payload's CRC matched): {other_cpu}")
     return header, out
 
 
