@@ -91,14 +91,19 @@ def test_segment_pass_equals_one_token_steps_exactly(variant, head):
     pm = PortableModel(m)
     x = signal(70, m.config.vocab_size)
     got = []
-    for kernel in (True, False):
-        pm.use_kernels(kernel)
-        whole = pm.step(x, pm.init_cache(2))
-        c = pm.init_cache(2)
-        ones = concat([pm.step(x[:, i : i + 1], c) for i in range(x.shape[1])])
-        c = pm.init_cache(2)
-        odd = concat([pm.step(x[:, i : i + 5], c) for i in range(0, x.shape[1], 5)])
-        got += [whole, ones, odd]
+    threads = torch.get_num_threads()
+    try:
+        for kernel, n_threads in ((True, 1), (True, 2), (False, 2)):  # one thread: position scores by matmul
+            pm.use_kernels(kernel)
+            torch.set_num_threads(n_threads)
+            whole = pm.step(x, pm.init_cache(2))
+            c = pm.init_cache(2)
+            ones = concat([pm.step(x[:, i : i + 1], c) for i in range(x.shape[1])])
+            c = pm.init_cache(2)
+            odd = concat([pm.step(x[:, i : i + 5], c) for i in range(0, x.shape[1], 5)])
+            got += [whole, ones, odd]
+    finally:
+        torch.set_num_threads(threads)
     assert all(params_equal(got[0], g) for g in got[1:])
 
 

@@ -512,7 +512,10 @@ class PortableModel:
                 idx = torch.cat([cidx + W, dist], dim=1).numpy()
             table = t.numpy()
             qv_np = qv.contiguous().numpy()
-            if n <= ONE_MATMUL_QUERIES:  # the position scores of every row: one matmul per head (exact)
+            # the position scores of every row: one matmul per head (exact), on one thread only: torch's
+            # intra-op threads make these small float64 products 100x slower (measured: 0.47 ms instead of
+            # 4 us at batch 4 with 2 threads), and the kernel's own loop is then the faster one
+            if n <= ONE_MATMUL_QUERIES and torch.get_num_threads() == 1:
                 q = qv.permute(1, 0, 2, 3).reshape(H, B * n, Dh).double()
                 by_dist = torch.bmm(q, self._table_t(rel_k, t)).numpy()  # (H, B n, R)
         o = _attend_rows(qu.contiguous().numpy(), qv_np, keys.numpy(), values.numpy(),
