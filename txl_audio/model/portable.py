@@ -525,11 +525,13 @@ class PortableModel:
         return torch.from_numpy(o)
 
     def _table_t(self, rel_k: Tensor, table: Tensor) -> Tensor:
-        """(H, Dh, R) float64 of a layer's relative-key table (integers: exact), kept with the table."""
-        have = self._trig.get(("matmul", id(rel_k)))
-        if have is None or have[0] is not rel_k or have[1].shape[-1] != table.shape[1]:
+        """(H, Dh, R) float64 of ``table`` (H, R, Dh): a layer's ring table ``rel_k``, alone or with the
+        compressed slots' rows after it (integers: exact); kept while ``rel_k`` is."""
+        key = ("matmul", id(rel_k), table.shape[1])
+        have = self._trig.get(key)
+        if have is None or have[0] is not rel_k:
             have = (rel_k, table.double().transpose(1, 2).contiguous())
-            self._trig[("matmul", id(rel_k))] = have
+            self._trig[key] = have
         return have[1]
 
     def _compress(self, cache: PortableCache) -> None:
