@@ -55,6 +55,7 @@ from tqdm import tqdm
 from txl_audio.audio import SAMPLE_RATE, AudioError, audio_info, find_audio_files, read_audio, require, sf
 from txl_audio.codec_workers import ROWS_PER_WORKER, choose_workers
 from txl_audio.errors import TxlAudioError
+from txl_audio.tokenizers import start_token
 
 MAGIC = b"TXLA"
 VERSION = 3  # 3: the portable (integer) model, streamed groups, a 30-40 byte container
@@ -127,8 +128,6 @@ class CodingModel:
 
     @property
     def start(self) -> int:
-        from txl_audio.generate import start_token
-
         return start_token(self.tokenizer)
 
 

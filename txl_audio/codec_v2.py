@@ -28,7 +28,7 @@ import torch
 
 from txl_audio.codec import MAGIC, CodecError, config_json
 from txl_audio.decoders import CachedDecoder
-from txl_audio.generate import start_token
+from txl_audio.tokenizers import start_token
 from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import Predicted
 from txl_audio.tokenizers import tokenizer_from_dict

@@ -53,24 +53,13 @@ from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import check_sampling_args, draw, filter_logits  # noqa: F401 (public here too)
 from txl_audio.quality import corpus_stats, quality_report
 from txl_audio.spectrogram import plot_spectrogram
+from txl_audio.tokenizers import start_token  # noqa: F401 (public here too)
 
 ProgressFn = Callable[[int], None]
 
 
 # ----------------------------------------------------------------------------------------------------
 # decoding
-
-
-def start_token(tokenizer: Any = None, vocab_size: int | None = None) -> int:
-    """Where unconditional generation starts: silence (the code of 0.0) for audio, the end of a line
-    for text (``<eos>`` for words, ``\\n`` for bytes)."""
-    if tokenizer is not None:
-        if tokenizer.unit == "sample":
-            return int(np.asarray(tokenizer.encode(np.zeros(1, dtype=np.float32))).reshape(-1)[0])
-        return int(np.asarray(tokenizer.encode("\n")).reshape(-1)[0])  # words: <eos>; bytes: "\n"
-    if vocab_size is None:
-        raise ValueError("start_token needs a tokenizer or a vocab_size")
-    return vocab_size // 2
 
 
 def _device(model: TransformerXL) -> torch.device:

@@ -442,3 +442,15 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     if kind == "word":
         return WordTokenizer(d["itos"])
     raise ValueError(f"unknown tokenizer description {d!r}; expected type mulaw, linear, bytes or word")
+
+
+def start_token(tokenizer: Any = None, vocab_size: int | None = None) -> int:
+    """Where unconditional generation starts: silence (the code of 0.0) for audio, the end of a line
+    for text (``<eos>`` for words, ``\\n`` for bytes)."""
+    if tokenizer is not None:
+        if tokenizer.unit == "sample":
+            return int(np.asarray(tokenizer.encode(np.zeros(1, dtype=np.float32))).reshape(-1)[0])
+        return int(np.asarray(tokenizer.encode("\n")).reshape(-1)[0])  # words: <eos>; bytes: "\n"
+    if vocab_size is None:
+        raise ValueError("start_token needs a tokenizer or a vocab_size")
+    return vocab_size // 2

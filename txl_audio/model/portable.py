@@ -305,6 +305,7 @@ class PortableModel:
         self.relative, self.rotary = c.attention == "relative", c.attention == "rotary"
         self.exp_table = torch.from_numpy(exp2_table(16)).to(device)
         self._trig: dict = {}
+        self._fused = None  # portable_step.FusedLayers, made at the first one-token CPU step
 
     def use_kernels(self, on: bool) -> None:
         """The CPU's numba kernels (attention, LayerNorm, the Linear's passes) on, or off: then every
@@ -404,6 +405,8 @@ class PortableModel:
         W, Cc = cache.slots, cache.cmem_slots
         dev = self.device
         tokens = tokens.to(dev)
+        if n == 1 and not Cc and self.kernel and dev.type == "cpu":  # a decoder's step
+            return self._step_one(tokens, cache)
         if Cc:
             self._compress(cache)
         p0 = cache.position
@@ -424,8 +427,7 @@ class PortableModel:
             cas = self._cascade(tokens, pos, cache)
             h = h + self.features(cas[0])
         if self.config.attention == "absolute":
-            table = sinusoid_q(0, L.tgt_len, 1, self.config.d_model, ACT_BITS).to(dev)
-            h = h + table[torch.remainder(pos, L.tgt_len)]
+            h = h + self._absolute(L)[torch.remainder(pos, L.tgt_len)]
         rope = crel = None
         if self.rotary:
             rope = self._rope(2 * pos)
@@ -449,6 +451,57 @@ class PortableModel:
             h = self.final_norm(h)
         cache.position += n
         return self._head(h, tokens, cache, cas)
+
+    def _step_one(self, tokens: Tensor, cache: PortableCache) -> HeadParams:
+        """:meth:`_piece` for one token per row on the CPU without a compressed memory (a decoder's
+        step): the same integers, with the step's bookkeeping in NumPy and every layer in
+        :mod:`portable_step`'s fused passes (at batch 4, ~60% of a step was tensor-operation overhead)."""
+        L = cache.lengths
+        W = cache.slots
+        p0 = cache.position
+        slot = p0 % W
+        slot_pos = cache.slot_pos.numpy()  # shares the tensor's memory
+        slot_pos[slot] = p0
+        dist = p0 - slot_pos  # (W,)
+        limit = p0 % L.tgt_len + L.mem_len
+        if L.same_length and L.mem_len > 0:
+            limit = min(limit, L.mem_len - 1)
+        hidden = (dist < 0) | (dist > limit)
+        dist = np.clip(dist, 0, W - 1)
+        h = self._embed(tokens)  # (B, 1, D)
+        cas = None
+        if self.cascade is not None:
+            cas = self._cascade(tokens, torch.tensor([p0]), cache)
+            h = h + self.features(cas[0])
+        if self.config.attention == "absolute":
+            h = h + self._absolute(L)[p0 % L.tgt_len]
+        if self._fused is None:
+            from txl_audio.model.portable_step import FusedLayers
+
+            self._fused = FusedLayers(self)
+        c = self.config
+        if self.relative:
+            tables = [self._table_t(r, r).numpy() for r in self._rel_keys(L, W)]
+        else:
+            tables = [np.zeros((c.n_head, c.d_head, 0))] * len(self.layers)
+        trig = None
+        if self.rotary:
+            cos, sin = self._rope(torch.tensor([2 * p0]))
+            trig = (cos[0].numpy(), sin[0].numpy())
+        out = self._fused.run(h[:, 0].contiguous().numpy(), [k.numpy() for k in cache.keys],
+                              [v.numpy() for v in cache.values], slot, tables, dist, hidden, trig)
+        h = torch.from_numpy(out)[:, None]
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        cache.position += 1
+        return self._head(h, tokens, cache, cas)
+
+    def _absolute(self, L: Lengths) -> Tensor:
+        """Absolute attention's sinusoids (tgt_len, D) (ACT_BITS), made once."""
+        key = ("absolute", L.tgt_len)
+        if key not in self._trig:
+            self._trig[key] = sinusoid_q(0, L.tgt_len, 1, self.config.d_model, ACT_BITS).to(self.device)
+        return self._trig[key]
 
     def _attend(self, layer: _Layer, x: Tensor, keys: Tensor, values: Tensor, slots: Tensor, dist: Tensor,
                 hidden: Tensor, rope, rel_k: Tensor | None, crel, Cc: int, residual: Tensor | None = None
