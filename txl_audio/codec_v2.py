@@ -28,10 +28,9 @@ import torch
 
 from txl_audio.codec import MAGIC, CodecError, config_json
 from txl_audio.decoders import CachedDecoder
-from txl_audio.tokenizers import start_token
 from txl_audio.model import TransformerXL
 from txl_audio.model.sampling import Predicted
-from txl_audio.tokenizers import tokenizer_from_dict
+from txl_audio.tokenizers import start_token, tokenizer_from_dict
 
 VERSION = 2  # 2: the JSON header zlib-compressed, without the model's config (its hash identifies it)
 
