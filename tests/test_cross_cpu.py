@@ -91,3 +91,32 @@ def test_evaluate_and_score_agree_across_cpus_to_4_decimals(tmp_path):
             a, b = ref[ckpt], results[cap][ckpt]
             for x, y in zip([a["evaluate"], *a["score"]], [b["evaluate"], *b["score"]]):
                 assert f"{x:.4f}" == f"{y:.4f}" and abs(x - y) < 5e-6, (cap, ckpt, x, y)
+
+
+BF16_STEP = """
+import os, torch
+import txl_audio  # noqa: F401 (caps oneDNN's ISA to the imitated capability)
+print(os.environ.get("ONEDNN_MAX_CPU_ISA"))
+from txl_audio.model.attention import RelativeAttentionCPU  # noqa: F401
+q = torch.randn(1, 2, 64, 16, dtype=torch.bfloat16, requires_grad=True)
+o = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+o.float().sum().backward()
+print("ok", bool(torch.isfinite(q.grad.float()).all()))
+"""
+
+
+@pytest.mark.parametrize("cap, preset, expect", [("default", None, "SSE41"), ("avx2", None, "AVX2"),
+                                                 ("avx2", "AVX512_CORE", "AVX512_CORE")])
+def test_imitating_a_cpu_caps_onednn_to_match(cap, preset, expect):
+    """Under ATEN_CPU_CAPABILITY=default or avx2 (another CPU), importing txl_audio caps oneDNN's ISA
+    the same way unless the user chose one: on a machine with AMX, bf16 attention otherwise asks the
+    hardware whether to pack blocks and calls the imitated capability's packing, which raises "pack_vnni2
+    is only supported when avx512 is supported" (torch 2.13); a bf16 attention step runs either way."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    env["ATEN_CPU_CAPABILITY"] = cap
+    if preset:
+        env["ONEDNN_MAX_CPU_ISA"] = preset
+    proc = subprocess.run([sys.executable, "-c", BF16_STEP], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [expect, "ok", "True"], proc.stdout

@@ -52,6 +52,24 @@ def _compile_cache_per_cpu_capability() -> None:
 
 _compile_cache_per_cpu_capability()
 
+
+def _onednn_isa_matching_capability() -> None:
+    """Where ``ATEN_CPU_CAPABILITY`` imitates a CPU without AVX-512 and ``ONEDNN_MAX_CPU_ISA`` is not set,
+    cap oneDNN's instruction set to match, as such a CPU would report.
+
+    Otherwise torch mixes the two: on a machine with AMX, its CPU flash attention asks the hardware
+    (through oneDNN) whether bf16 blocks can be packed, is told yes, and then calls the packing of the
+    imitated capability's kernels, which has none: "pack_vnni2 is only supported when avx512 is
+    supported" in a bf16 step (torch 2.13). A real CPU of that class never gets there."""
+    import os
+
+    isa = {"default": "SSE41", "avx2": "AVX2"}.get(os.environ.get("ATEN_CPU_CAPABILITY", "").lower())
+    if isa and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = isa
+
+
+_onednn_isa_matching_capability()
+
 # public name -> the module that defines it
 _EXPORTS = {
     # the Python API (txl_audio/api.py)
