@@ -70,7 +70,8 @@ def measure(model, tokenizer, batch: int, chunk: int, device: torch.device, work
             assert cross, "the CPU's and the GPU's files differ, or one does not decode on the other device"
     n = len(tokens)
     c, d = n / (t1 - t0), n / (t2 - t1)
-    return {"batch": batch, "chunk": chunk, "workers": workers, "samples": n, "bits_per_sample": r.bits_per_sample,
+    return {"batch": batch, "chunk": chunk, "workers": workers, "samples": n,
+            "bits_per_sample": r.bits_per_sample,
             "compress_samples_per_s": c, "decompress_samples_per_s": d,
             "compress_realtime": c / SAMPLE_RATE, "decompress_realtime": d / SAMPLE_RATE,
             "cpu_gpu_files_identical": cross}

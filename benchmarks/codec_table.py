@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sac-high", action="store_true", help="also Sac --high (about 0.5x real time)")
     ap.add_argument("--threads", type=int, default=2, help="CPU cores the codec may use (default 2)")
     ap.add_argument("--workers", type=int, default=None,
-                    help="codec worker processes (default: as txl-audio compress, one per core for 20 s or more)")
+                    help="codec worker processes (default: as txl-audio compress, one per core for 20 s "
+                         "or more)")
     ap.add_argument("--chunk", type=int, default=codec.DEFAULT_CHUNK)
     ap.add_argument("--batch", type=int, default=None, help="chunks coded together (default: the codec's)")
     ap.add_argument("--out", default=str(HERE / "results" / "codec"))

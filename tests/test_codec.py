@@ -159,7 +159,8 @@ def test_bad_files_are_refused_and_nothing_partial_is_left(models, tmp_path, mon
     # another model: one line naming both ids
     other = codec.load_coding_model(checkpoint(tmp_path / "other.pt", "pcm16", seed=1, vocab_size=65536,
                                                head="logistic_mixture", mixture_components=3, lp_order=8))
-    with pytest.raises(codec.CodecError, match="made with model [0-9a-f]{16}, not with .*other.pt .[0-9a-f]{16}"):
+    with pytest.raises(codec.CodecError,
+                       match="made with model [0-9a-f]{16}, not with .*other.pt .[0-9a-f]{16}"):
         codec.decompress_tokens(other, good)
     # a flipped byte in the payload, a truncated file, a damaged header, not a txla file
     flipped = bytearray(data)
@@ -183,9 +184,11 @@ def test_bad_files_are_refused_and_nothing_partial_is_left(models, tmp_path, mon
     body = (codec.header_bytes(c.model_id, c.chunk, c.group_chunks, c.checkpoint)
             + codec.group_bytes(np.frombuffer(bytes(payload), dtype="<u4")) + data[off + n :])
     (tmp_path / "bad.txla").write_bytes(body)
-    assert main(["decompress", str(tmp_path / "bad.txla"), "--out", str(tmp_path / "w"), "--no-progress"]) == 1
+    assert main(["decompress", str(tmp_path / "bad.txla"), "--out", str(tmp_path / "w"),
+                 "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "bad.txla" in err and "corrupt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("bad.txla" in err and "corrupt" in err and "Traceback" not in err
+            and len(err.strip().splitlines()) == 1)
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
     # a disk that fills up while writing: no file under the final name, no temporary left
     real = codec.os.fdopen
@@ -258,7 +261,8 @@ def test_pipes_stdin_to_stdout_and_back(models, tmp_path):
     sf.write(data, x, 16_000, format="WAV", subtype="PCM_16")
     cmd = [sys.executable, "-m", "txl_audio"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    packed = subprocess.run([*cmd, "compress", "-", "--model", str(models["dual"]), "--out", "-", "--no-progress"],
+    packed = subprocess.run([*cmd, "compress", "-", "--model", str(models["dual"]), "--out", "-",
+                             "--no-progress"],
                             input=data.getvalue(), capture_output=True, env=env, check=True).stdout
     assert packed[:4] == b"TXLA"
     wav_out = subprocess.run([*cmd, "decompress", "-", "--out", "-", "--no-progress"], input=packed,
@@ -326,7 +330,8 @@ def test_files_decode_on_another_cpu_and_thread_count(tmp_path):
         "dual_rotary": dict(vocab_size=65536, head="dual_softmax", attention="rotary", lp_order=4),
     }
     for name, kw in kinds.items():
-        checkpoint(tmp_path / f"{name}.pt", "pcm16" if kw["vocab_size"] == 65536 else "mulaw8", sharp=0.3, **kw)
+        checkpoint(tmp_path / f"{name}.pt", "pcm16" if kw["vocab_size"] == 65536 else "mulaw8", sharp=0.3,
+                   **kw)
     script = tmp_path / "cross.py"
     script.write_text(textwrap.dedent(CROSS))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -334,7 +339,8 @@ def test_files_decode_on_another_cpu_and_thread_count(tmp_path):
     native = "avx512" if avx512 else "avx2"
     settings = [({"ATEN_CPU_CAPABILITY": "default"}, 1),
                 ({"ATEN_CPU_CAPABILITY": native}, 2),
-                ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, 1)]
+                ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                  "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, 1)]
     names = list(kinds)
     def start(mode, s, folder):
         return subprocess.Popen([sys.executable, str(script), mode, str(settings[s][1]), str(folder), *names],
@@ -395,7 +401,8 @@ if mode == "compress":
 else:
     codec.decompress_files([src], out, model=model, progress=False, batch=32, workers=2)
 # KiB: this process's peak and its largest worker's (the codec forks one per core for 20 s or more)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+usage = resource.getrusage
+print(usage(resource.RUSAGE_SELF).ru_maxrss, usage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
@@ -417,7 +424,8 @@ def test_long_files_are_coded_in_bounded_memory(tmp_path):
         with sf.SoundFile(wav, "w", 16_000, 1, "PCM_16") as f:
             for _ in range(seconds):
                 t = np.arange(16_000)
-                f.write((3000 * np.sin(t / 7 + rng.uniform(0, 6)) + rng.normal(0, 200, 16_000)).astype(np.int16))
+                f.write((3000 * np.sin(t / 7 + rng.uniform(0, 6))
+                         + rng.normal(0, 200, 16_000)).astype(np.int16))
         peak = []
         for mode, src, out in (("compress", wav, tmp_path / f"c{seconds}"),
                                ("decompress", tmp_path / f"c{seconds}" / f"long_{seconds}.txla",

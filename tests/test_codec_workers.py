@@ -10,11 +10,10 @@ import pytest
 import soundfile as sf
 from hypothesis import given
 from hypothesis import strategies as st
+from test_codec import REAL, checkpoint
 
 from txl_audio import codec, codec_workers
 from txl_audio.cli import main
-
-from test_codec import REAL, checkpoint
 
 pytestmark = pytest.mark.skipif(not codec_workers.can_fork(), reason="worker processes need fork (Linux)")
 
@@ -43,7 +42,8 @@ def test_workers_make_the_same_bytes_and_decode_them(mixture, tmp_path):
     # 18 chunks in 9 groups, batches of 8 chunks: several batches, each split between the workers
     one = codec.compress_tokens(cm, x, tmp_path / "one.txla", chunk=500, group_chunks=2, batch=8)
     two = codec.compress_tokens(cm, x, tmp_path / "two.txla", chunk=500, group_chunks=2, batch=8, workers=2)
-    three = codec.compress_tokens(cm, x, tmp_path / "three.txla", chunk=500, group_chunks=2, batch=6, workers=3)
+    three = codec.compress_tokens(cm, x, tmp_path / "three.txla", chunk=500, group_chunks=2, batch=6,
+                                  workers=3)
     assert one.path.read_bytes() == two.path.read_bytes() == three.path.read_bytes()
     for workers, batch in ((2, 8), (2, 3), (3, 100)):
         assert np.array_equal(codec.decompress_tokens(cm, one.path, batch=batch, workers=workers), x)
@@ -76,7 +76,7 @@ def test_a_corrupt_file_in_a_worker_is_one_error_naming_it(mixture, tmp_path, ca
     data = codec.compress_tokens(cm, x, tmp_path / "good.txla", chunk=1000, group_chunks=1).path.read_bytes()
     c = codec.parse_container(data, "good")
     body = codec.header_bytes(c.model_id, c.chunk, c.group_chunks, c.checkpoint)
-    for g, (off, n, _) in enumerate(c.groups):  # every group's payload damaged past its CRC
+    for _g, (off, n, _) in enumerate(c.groups):  # every group's payload damaged past its CRC
         payload = bytearray(data[off : off + n])
         payload[n // 2] ^= 0x01
         body += codec.group_bytes(np.frombuffer(bytes(payload), dtype="<u4"))
@@ -85,7 +85,8 @@ def test_a_corrupt_file_in_a_worker_is_one_error_naming_it(mixture, tmp_path, ca
     assert main(["decompress", str(tmp_path / "bad.txla"), "--out", str(tmp_path / "w"), "--workers", "2",
                  "--batch-size", "2", "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "bad.txla" in err and "corrupt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("bad.txla" in err and "corrupt" in err and "Traceback" not in err
+            and len(err.strip().splitlines()) == 1)
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
 
 
@@ -93,7 +94,8 @@ def test_a_worker_that_dies_stops_the_command_and_leaves_nothing(mixture, tmp_pa
     def die(*args):  # what the OOM killer does to a worker
         os._exit(9)
 
-    monkeypatch.setattr(codec_workers, "_run", die)  # the forked workers inherit it; this process never calls it
+    # the forked workers inherit it; this process never calls it
+    monkeypatch.setattr(codec_workers, "_run", die)
     assert main(["compress", str(REAL[0]), "--model", str(mixture), "--out", str(tmp_path / "c"), "--chunk",
                  "1000", "--workers", "2", "--no-progress"]) == 1
     err = capsys.readouterr().err

@@ -124,7 +124,8 @@ def portable_bits(pm: PortableModel, x: torch.Tensor) -> float:
     nxt = x[:, 1:].reshape(-1).numpy()
     if pm.head == "logistic_mixture":
         base = None if p.base is None else p.base[:, :-1].reshape(-1).numpy()
-        mix = Mixture(p.mix[:, :-1].reshape(-1, p.mix.shape[-1]).numpy(), p.center[:, :-1].reshape(-1).numpy(),
+        mix = Mixture(p.mix[:, :-1].reshape(-1, p.mix.shape[-1]).numpy(),
+                      p.center[:, :-1].reshape(-1).numpy(),
                       base, pm.K)
         p1 = bernoulli_p(mix.path(nxt))
         bits = (nxt[:, None] >> (15 - np.arange(16))) & 1

@@ -425,7 +425,8 @@ class Model:
             from txl_audio.models import named_path
 
             named = named_path(str(self.name)) is not None
-            self._coder = coding_model(self.model, self.tokenizer, str(self.name if named else self.path), named)
+            self._coder = coding_model(self.model, self.tokenizer, str(self.name if named else self.path),
+                                       named)
         return self._coder
 
 

@@ -178,8 +178,10 @@ def wavpack_bytes(samples: np.ndarray, sample_rate: int = 16_000) -> int | None:
         return None
     with tempfile.TemporaryDirectory() as d:
         wav, wv = Path(d) / "x.wav", Path(d) / "x.wv"
-        require(sf, "soundfile").write(wav, np.asarray(samples, dtype=np.int16), sample_rate, subtype="PCM_16")
-        subprocess.run([exe, "-hh", "-x6", "-q", "-y", str(wav), "-o", str(wv)], check=True, capture_output=True)
+        require(sf, "soundfile").write(wav, np.asarray(samples, dtype=np.int16), sample_rate,
+                                       subtype="PCM_16")
+        subprocess.run([exe, "-hh", "-x6", "-q", "-y", str(wav), "-o", str(wv)], check=True,
+                       capture_output=True)
         return wv.stat().st_size
 
 
@@ -202,8 +204,8 @@ def sac_binary(path: str | os.PathLike | None = None) -> str | None:
         return None
     p = str(p)
     if not (os.path.isfile(p) and os.access(p, os.X_OK)):
-        raise FileNotFoundError(f"Sac binary {p!r} (from {'--sac' if path is not None else SAC_ENV}) is not an "
-                                "executable file; build it from github.com/slmdev/sac (docs/results.md)")
+        raise FileNotFoundError(f"Sac binary {p!r} (from {'--sac' if path is not None else SAC_ENV}) is not "
+                                "an executable file; build it from github.com/slmdev/sac (docs/results.md)")
     return p
 
 
@@ -211,10 +213,12 @@ def sac_bytes(samples: np.ndarray, exe: str, mode: str = "normal", sample_rate: 
     """Size in bytes of ``samples`` (int16) as a Sac file (``sac --encode --MODE``; headers included)."""
     with tempfile.TemporaryDirectory() as d:
         wav, out = Path(d) / "x.wav", Path(d) / "x.sac"
-        require(sf, "soundfile").write(wav, np.asarray(samples, dtype=np.int16), sample_rate, subtype="PCM_16")
+        require(sf, "soundfile").write(wav, np.asarray(samples, dtype=np.int16), sample_rate,
+                                       subtype="PCM_16")
         r = subprocess.run([exe, "--encode", f"--{mode}", str(wav), str(out)], capture_output=True, text=True)
         if r.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"{exe} --encode --{mode} failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+            raise RuntimeError(f"{exe} --encode --{mode} failed (exit {r.returncode}): "
+                               f"{r.stderr.strip()[-300:]}")
         return out.stat().st_size
 
 

@@ -107,7 +107,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if named is not None:
         if not named.is_file():
             raise CheckpointError(f"{path}: the named model's file {named} is missing from this installation "
-                                  "(reinstall txl-audio, or train it with its recipe: txl_audio/models/README.md)")
+                                  "(reinstall txl-audio, or train it with its recipe: "
+                                  "txl_audio/models/README.md)")
         return named
     path = Path(path)
     if path.is_dir():

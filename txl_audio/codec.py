@@ -253,7 +253,8 @@ def parse_container(data: bytes, name: str) -> Container:
     r.take(4)
     version, flags = r.take(2)
     if version != VERSION:
-        raise CodecError(f"{name}: container version {version}; this txl-audio reads versions 2 and {VERSION}")
+        raise CodecError(f"{name}: container version {version}; this txl-audio reads versions 2 and "
+                         f"{VERSION}")
     model_id = r.take(ID_BYTES)
     chunk, group_chunks = r.varint(), r.varint()
     if chunk < 1 or group_chunks < 1:
@@ -277,7 +278,8 @@ def parse_container(data: bytes, name: str) -> Container:
         groups.append((off, n, crc))
     samples, samples_crc = struct.unpack("<QI", r.take(12))
     if r.pos != len(data):
-        raise CodecError(f"{name}: {len(data) - r.pos} bytes after the end of the container; the file is corrupt")
+        raise CodecError(f"{name}: {len(data) - r.pos} bytes after the end of the container; the file is "
+                         "corrupt")
     if samples > len(groups) * group_chunks * chunk or samples <= (len(groups) - 1) * group_chunks * chunk:
         raise CodecError(f"{name}: the header is damaged ({samples} samples in {len(groups)} groups); the "
                          "file is corrupt")
@@ -379,8 +381,8 @@ class _Sink:
             self.f.write(b)
         except OSError as e:
             self.abort()
-            raise CodecError(f"{self.path or 'stdout'}: could not be written ({e.strerror or e}); nothing was "
-                             "left under its name") from None
+            raise CodecError(f"{self.path or 'stdout'}: could not be written ({e.strerror or e}); nothing "
+                             "was left under its name") from None
 
     def close(self) -> None:
         if self.path is None:
@@ -592,7 +594,8 @@ def check_model(container: Container, cm: CodingModel, name: str) -> None:
 
 
 def decode_containers(cm: CodingModel, items: list[tuple[str, Container]], batch: int, on_step=None,
-                      on_group: Callable[[int, np.ndarray, bool], None] | None = None, workers: int = 1) -> None:
+                      on_group: Callable[[int, np.ndarray, bool], None] | None = None,
+                      workers: int = 1) -> None:
     """Decode the containers' groups in batches (groups of several files together, each file's in
     order; split between ``workers`` processes); ``on_group(i, tokens, last)`` gets file i's groups in
     order, ``last`` with its final one, after which its CRC-32 has been checked (a mismatch raises
@@ -608,7 +611,8 @@ def decode_containers(cm: CodingModel, items: list[tuple[str, Container]], batch
     def groups_of(job):
         yield from job[1]
 
-    batches = ((b, [(items[job[0]][1].words(g), lens) for job, _, (g, lens) in b], [len(lens) for _, _, (_, lens) in b])
+    batches = ((b, [(items[job[0]][1].words(g), lens) for job, _, (g, lens) in b],
+                [len(lens) for _, _, (_, lens) in b])
                for b in _batches(jobs, groups_of, batch))
     with Coder(cm, workers, on_step) as coder:
         try:
@@ -629,8 +633,8 @@ def decode_containers(cm: CodingModel, items: list[tuple[str, Container]], batch
             if not isinstance(e.error, (AssertionError, ValueError, RuntimeError)):
                 raise e.error from None
             names = sorted({items[job[0]][0] for job, _, _ in e.tag})
-            raise CodecError(f"{', '.join(names)}: the range code does not decode ({type(e.error).__name__}): "
-                             "the file is corrupt") from None
+            raise CodecError(f"{', '.join(names)}: the range code does not decode ({type(e.error).__name__})"
+                             ": the file is corrupt") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -656,9 +660,11 @@ class Report:
         n, size = self.samples, sum(r.bytes for r in self.results)
         rate = n / max(self.seconds, 1e-9)
         what = ".txla files" if self.action == "compressed" else ".txla files read"
-        lines = [f"{self.action} {len(self.results)} file(s), {n:,} samples ({n / SAMPLE_RATE:.1f} s of audio) "
+        lines = [f"{self.action} {len(self.results)} file(s), {n:,} samples "
+                 f"({n / SAMPLE_RATE:.1f} s of audio) "
                  f"{'into' if self.action == 'compressed' else 'to'} {self.out} with {self.model}",
-                 f"{8 * size / max(n, 1):.4f} bits per sample in the {what} (headers included), {size:,} bytes",
+                 f"{8 * size / max(n, 1):.4f} bits per sample in the {what} (headers included), "
+                 f"{size:,} bytes",
                  f"{rate:,.0f} samples/s = {rate / SAMPLE_RATE:.2f}x real time on {self.device} "
                  + (f"({self.workers} processes, 1 thread each)" if self.workers > 1
                     else f"({self.threads} thread(s))")]
@@ -686,7 +692,8 @@ def _model(model: str | Path | CodingModel | None, device: str) -> CodingModel:
     return load_coding_model(DEFAULT_CODEC_MODEL if model is None else model, device)
 
 
-def compress_files(inputs: Sequence[str | Path], out: str | Path, *, model: str | Path | CodingModel | None = None,
+def compress_files(inputs: Sequence[str | Path], out: str | Path, *,
+                   model: str | Path | CodingModel | None = None,
                    corpus: str | Path | None = None, split: str = "test", convert: bool = False,
                    chunk: int = DEFAULT_CHUNK, batch: int | None = None, group_chunks: int = GROUP_CHUNKS,
                    device: str = "cpu", threads: int | None = None, workers: int | None = None,
@@ -699,7 +706,8 @@ def compress_files(inputs: Sequence[str | Path], out: str | Path, *, model: str 
     from txl_audio.devices import torch_threads
 
     if chunk < 1 or (batch is not None and batch < 1) or group_chunks < 1:
-        raise CodecError(f"chunk, batch and group size must be positive, got {chunk}, {batch}, {group_chunks}")
+        raise CodecError(f"chunk, batch and group size must be positive, got "
+                         f"{chunk}, {batch}, {group_chunks}")
     with torch_threads(threads):
         cm = _model(model, device)
         to_stdout = str(out) == "-"
@@ -750,7 +758,8 @@ def compress_files(inputs: Sequence[str | Path], out: str | Path, *, model: str 
         report = Report("compressed", results, out, cm.portable.device.type, torch.get_num_threads(), seconds,
                         cm.source, n_workers)
     if not to_stdout:
-        rows = "".join(f"{Path(r.path).name},{r.samples},{r.bytes},{r.bits_per_sample:.6f}\n" for r in results)
+        rows = "".join(f"{Path(r.path).name},{r.samples},{r.bytes},{r.bits_per_sample:.6f}\n"
+                       for r in results)
         (Path(out) / "compress.csv").write_text("file,samples,bytes,bits_per_sample\n" + rows)
     return report
 
@@ -760,7 +769,8 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
     yield from rest
 
 
-def decompress_files(files: Sequence[str | Path], out: str | Path, *, model: str | Path | CodingModel | None = None,
+def decompress_files(files: Sequence[str | Path], out: str | Path, *,
+                     model: str | Path | CodingModel | None = None,
                      device: str = "cpu", threads: int | None = None, batch: int | None = None,
                      workers: int | None = None, progress: bool = True, force: bool = False) -> Report:
     """Decode .txla files (or folders of them; ``-``: stdin) into OUT/NAME.wav (``out`` = ``-``: one
@@ -813,7 +823,8 @@ def decompress_files(files: Sequence[str | Path], out: str | Path, *, model: str
                 n_workers = choose_workers(workers, cm.portable.device.type, sum(c.samples for _, c in mine))
                 used_workers = max(used_workers, n_workers)
                 try:
-                    decode_containers(cm, mine, batch or default_batch(n_workers), bar.update, write, n_workers)
+                    decode_containers(cm, mine, batch or default_batch(n_workers), bar.update, write,
+                                      n_workers)
                 except BaseException:
                     for s in sinks.values():
                         s.abort()

@@ -324,7 +324,8 @@ class Scheme:
             hi, lo = x >> 8, x & 255
             blocks = w.reshape(-1, 256, 256)
             fine = blocks[np.arange(len(x)), hi]
-            return [(hi.astype(np.int32), _CATEGORICAL, blocks.sum(-1)), (lo.astype(np.int32), _CATEGORICAL, fine)]
+            return [(hi.astype(np.int32), _CATEGORICAL, blocks.sum(-1)),
+                    (lo.astype(np.int32), _CATEGORICAL, fine)]
         # dual softmax: the residual against the prior's shift, coarse then fine
         shift = params.shift.cpu().numpy()
         r = np.remainder(x - shift, LEVELS)

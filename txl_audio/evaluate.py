@@ -49,7 +49,8 @@ from txl_audio.tokenizers import metric_name
 PCM16_LEVELS = 65_536
 
 # The baselines a report may carry (baselines.py), in the order shown, with their labels
-BASELINES = {"flac": "FLAC -8", "wavpack": "WavPack -hh -x6", "sac": "Sac --normal", "lpc": "LPC-32 + adaptive Laplace",
+BASELINES = {"flac": "FLAC -8", "wavpack": "WavPack -hh -x6", "sac": "Sac --normal",
+             "lpc": "LPC-32 + adaptive Laplace",
              "cascade": "cascade alone", "xz": "xz -9e", "bzip2": "bzip2 -9"}
 PCM16_FIRST_SAMPLE_BITS = 16  # the model does not predict a file's first sample: stored as is
 
@@ -194,7 +195,8 @@ class EvalResult:
             lines.append(f"        perplexity {s['perplexity']:.2f}")
         width = max([9, *(len(BASELINES[k]) + 1 for k in self.baseline_names)])
         if self.whole_files and self.baseline_names:
-            lines.append(f"{'model':<{width}}{s['whole_file_bits_per_sample']:.4f} {self.metric} of whole files "
+            lines.append(f"{'model':<{width}}{s['whole_file_bits_per_sample']:.4f} "
+                         f"{self.metric} of whole files "
                          f"(each file's first sample at {PCM16_FIRST_SAMPLE_BITS} bits), beside:")
         for name in self.baseline_names:
             label = f"{BASELINES[name]:<{width}}"

@@ -7,7 +7,8 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help=".txla files or folders holding them, or - for stdin")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help=".txla files or folders holding them, or - for stdin")
     p.add_argument("--out", required=True, help="folder for the decoded WAVs, or - for stdout (one file)")
     p.add_argument("--model", "--checkpoint", dest="model", default=None,
                    help="the model that compressed them (default: the shipped model or checkpoint each "
@@ -28,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from txl_audio.codec import decompress_files  # torch: see commands/__init__.py
 
-    report = decompress_files(args.files, args.out, model=args.model, device=args.device, threads=args.threads,
-                              batch=args.batch_size, workers=args.workers, force=args.force, progress=not args.no_progress)
+    report = decompress_files(args.files, args.out, model=args.model, device=args.device,
+                              threads=args.threads, batch=args.batch_size, workers=args.workers,
+                              force=args.force, progress=not args.no_progress)
     print(report.summary(), file=sys.stderr if args.out == "-" else sys.stdout)
     return 0

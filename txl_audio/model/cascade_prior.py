@@ -109,7 +109,8 @@ def features(x: Tensor, pred_cur: Tensor, scale_cur: Tensor, pred: Tensor, scale
     def rel(a: Tensor, unit: Tensor) -> Tensor:
         return (a.double() / unit).clamp(-FEATURE_CLIP, FEATURE_CLIP) / FEATURE_CLIP
 
-    f = torch.stack([(torch.log2(1.0 + s)) / 16, rel(pred - x, s), rel(x - pred_cur, sc), rel(stage1 - pred, s)],
+    f = torch.stack([(torch.log2(1.0 + s)) / 16, rel(pred - x, s), rel(x - pred_cur, sc),
+                     rel(stage1 - pred, s)],
                     dim=-1)
     return f.float()
 

@@ -130,7 +130,8 @@ class _Layer:
             self.r_net = Linear(a.r_net.weight, None, in_max=1 << 12, name="relative keys").to(device)
             self.u = quantise(a.u).to(device)
             self.v = quantise(a.v).to(device)
-        self.attn_norm = LayerNorm(layer.attn_norm.weight, layer.attn_norm.bias, layer.attn_norm.eps).to(device)
+        self.attn_norm = LayerNorm(layer.attn_norm.weight, layer.attn_norm.bias,
+                                   layer.attn_norm.eps).to(device)
         self.ff_norm = LayerNorm(layer.ff_norm.weight, layer.ff_norm.bias, layer.ff_norm.eps).to(device)
         self.fc1 = Linear(layer.ff.fc1.weight, layer.ff.fc1.bias, name="feed-forward 1").to(device)
         self.fc2 = Linear(layer.ff.fc2.weight, layer.ff.fc2.bias, name="feed-forward 2").to(device)
@@ -171,7 +172,8 @@ class _Layer:
 # values sum below 2^53 (QKV_MAX, MAX_KEYS), so every partial sum in any order is an exact integer and
 # reordering or fusing cannot change a bit; the flags let LLVM vectorise the sums.
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
-def _attend_rows(qu, qv, keys, values, table, idx, by_dist, hidden, mul, mul_shift, exp_table):  # pragma: no cover
+def _attend_rows(qu, qv, keys, values, table, idx, by_dist, hidden, mul, mul_shift,
+                 exp_table):  # pragma: no cover
     """Attention in integers for n queries per row, reading the int32 ring in place (no float64 copies
     of it, no (B, H, n, S) temporaries): the same integers as the tensor path of ``_attend``. qu, qv
     (B, H, n, Dh) int64 (queries plus the content and position biases); keys, values (B, H, S, Dh)

@@ -71,7 +71,8 @@ class CascadeConfig:
             raise ValueError(f"nlms_orders, nlms_steps and nlms_power_quarters need one entry per stage, "
                              f"got {S}, {len(self.nlms_steps)}, {len(self.nlms_power_quarters)}")
         if self.ols_order < 1 or any(n < 1 for n in self.nlms_orders):
-            raise ValueError(f"orders must be >= 1: ols_order {self.ols_order}, nlms_orders {self.nlms_orders}")
+            raise ValueError(f"orders must be >= 1: ols_order {self.ols_order}, "
+                             f"nlms_orders {self.nlms_orders}")
         if not 0 <= self.ols_irls_quarter <= 4 or any(not 0 <= q <= 4 for q in self.nlms_power_quarters):
             raise ValueError("ols_irls_quarter and nlms_power_quarters must be in 0 .. 4 (exponents q / 4)")
         if self.ols_solve_interval < 1 or not 0 <= self.scale_shift <= 16:
@@ -106,7 +107,8 @@ class _Kernel:
             return o
 
         ip[K.I_P], ip[K.I_SOLVE], ip[K.I_S] = P, c.ols_solve_interval, S
-        ip[K.I_IRLS_Q], ip[K.I_SCALE_SHIFT], ip[K.I_SCALE_INIT] = c.ols_irls_quarter, c.scale_shift, c.scale_init
+        ip[K.I_IRLS_Q], ip[K.I_SCALE_SHIFT], ip[K.I_SCALE_INIT] = (c.ols_irls_quarter, c.scale_shift,
+                                                                   c.scale_init)
         ip[K.I_BIAS] = int(c.bias)
         ip[K.I_HX], ip[K.I_W0], ip[K.I_R], ip[K.I_B0] = take(2 * P), take(P), take(P * P), take(P)
         ip[K.I_MIXW], ip[K.I_MIXG], ip[K.I_PS], ip[K.I_SPOW] = take(S), take(S), take(S), take(S)
