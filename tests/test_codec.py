@@ -252,6 +252,25 @@ def test_16_bit_refuses_files_it_would_change_unless_converted(models, tmp_path,
                  "--no-progress"]) == 0
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)], ids=["umask022", "umask077"])
+def test_outputs_get_the_permissions_of_a_plain_write(models, tmp_path, umask, mode):
+    """The .txla, the decoded WAV and a checkpoint are written through a temporary file (mkstemp: 0600)
+    and renamed into place: they must end with what open() would give them under the user's umask,
+    as flac's outputs do, not readable by their owner only."""
+    old = os.umask(umask)
+    try:
+        assert main(["compress", str(REAL[0]), "--model", str(models["dual"]), "--out", str(tmp_path / "c"),
+                     "--no-progress"]) == 0
+        assert main(["decompress", str(tmp_path / "c"), "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+        save_checkpoint(tmp_path / "x.pt", {"a": 1})
+    finally:
+        os.umask(old)
+    made = [*(tmp_path / "c").glob("*.txla"), *(tmp_path / "d").glob("*.wav"), tmp_path / "x.pt"]
+    assert len(made) == 3
+    for f in made:
+        assert f.stat().st_mode & 0o777 == mode, (f.name, oct(f.stat().st_mode & 0o777))
+
+
 def test_pipes_stdin_to_stdout_and_back(models, tmp_path):
     """`compress - --out -` reads a WAV on stdin and writes the .txla to stdout; `decompress - --out -`
     the reverse, as flac sits in a pipeline."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from txl_audio.atomic import temp_beside
 from txl_audio.config import RunConfig
 from txl_audio.errors import TxlAudioError
 from txl_audio.model import TransformerXL
@@ -34,7 +34,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     complete new one, never a partial file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from txl_audio.atomic import temp_beside
 from txl_audio.audio import SAMPLE_RATE, AudioError, audio_info, find_audio_files, read_audio, require, sf
 from txl_audio.codec_workers import ROWS_PER_WORKER, choose_workers
 from txl_audio.errors import TxlAudioError
@@ -371,7 +372,7 @@ class _Sink:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, self.tmp = temp_beside(path)
         except OSError as e:
             raise CodecError(f"{path.parent}: cannot write there ({e.strerror or e})") from None
         self.f = os.fdopen(fd, "wb")
