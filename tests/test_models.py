@@ -61,3 +61,25 @@ def test_names_work_where_a_checkpoint_goes(tmp_path):
     assert main(["generate", "speech8", "--out", str(tmp_path / "g"), "--seconds", "0.05", "--num", "1",
                  "--device", "cpu", "--no-plots"]) == 0
     assert not (FOLDER / "eval_files").exists()  # nothing written into the package
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("name", ["speech8", "speech16"])
+def test_files_made_on_another_machine_decode_bit_for_bit(name, tmp_path):
+    """tests/data/v3_{name}.txla: CLIP compressed with the shipped model on an AMD EPYC (Zen 3, AVX-512,
+    torch 2.13.0+cpu, 2 threads; 2026-12-07), where the suite's own round trips ran on Intel Xeons.
+    Decoded here (and in CI under other ATEN_CPU_CAPABILITY values), it gives the clip back exactly:
+    its samples (speech16) or their mu-law codes (speech8). If a shipped model is retrained, its id
+    changes and these files must be made again (`txl-audio compress CLIP --model NAME`)."""
+    f = ROOT / "tests" / "data" / f"v3_{name}.txla"
+    c = codec.parse_container(f.read_bytes(), f.name)
+    cm = codec.load_coding_model(name)
+    assert c.model_id == cm.id, f"{f.name} was made with another {name}: make it again"
+    assert main(["decompress", str(f), "--out", str(tmp_path), "--no-progress"]) == 0
+    back = sf.read(tmp_path / f"v3_{name}.wav", dtype="int16" if name == "speech16" else "float32")[0]
+    if name == "speech16":
+        assert np.array_equal(back, sf.read(CLIP, dtype="int16")[0])
+    else:
+        tok = cm.tokenizer
+        want = np.asarray(tok.encode(sf.read(CLIP, dtype="float32")[0]))
+        assert np.array_equal(np.asarray(tok.encode(back)), want)
