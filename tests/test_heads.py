@@ -179,8 +179,11 @@ HEAD_CASES = [
     dict(head="logistic_mixture", mixture_components=3, lp_order=4),
     dict(head="logistic_mixture", mixture_components=3, lp_order=4, lp_coefficients="fitted"),
     dict(head="dual_softmax", lp_order=4, lp_coefficients="fitted"),
+    dict(head="logistic_mixture", mixture_components=3, lp_order=4, lp_coefficients="cascade"),
+    dict(head="dual_softmax", lp_order=4, lp_coefficients="cascade"),
 ]
-HEAD_IDS = ["dual", "dual_lp", "mixture", "mixture_lp", "mixture_fitted", "dual_fitted"]
+HEAD_IDS = ["dual", "dual_lp", "mixture", "mixture_lp", "mixture_fitted", "dual_fitted", "mixture_cascade",
+            "dual_cascade"]
 
 
 def head_model(seed: int = 0, **kw) -> TransformerXL:
@@ -240,7 +243,8 @@ def test_heads_segments_with_memory_equal_one_pass_and_step(kw):
     t = wave_tokens(2, 15, seed=3)
     out = model(x, targets=t)
     torch.testing.assert_close(out.loss, -full.gather(-1, t[..., None])[..., 0], atol=1e-3, rtol=1e-5)
-    assert (out.aux_loss is not None) == bool(kw.get("lp_order"))
+    # a learned or fitted prior has its own Laplace loss; the cascade is not trained
+    assert (out.aux_loss is not None) == (bool(kw.get("lp_order")) and kw.get("lp_coefficients") != "cascade")
 
 
 @pytest.mark.parametrize("kw", HEAD_CASES, ids=HEAD_IDS)
