@@ -66,7 +66,7 @@ def test_names_work_where_a_checkpoint_goes(tmp_path):
 @pytest.mark.numerics
 @pytest.mark.parametrize("name", ["speech8", "speech16"])
 def test_files_made_on_another_machine_decode_bit_for_bit(name, tmp_path):
-    """tests/data/v3_{name}.txla: CLIP compressed with the shipped model on an AMD EPYC (Zen 3, AVX-512,
+    """tests/data/v3_{name}.txla: CLIP compressed with the shipped model on an AMD EPYC (Zen 4, AVX-512,
     torch 2.13.0+cpu, 2 threads; 2026-12-07), where the suite's own round trips ran on Intel Xeons.
     Decoded here (and in CI under other ATEN_CPU_CAPABILITY values), it gives the clip back exactly:
     its samples (speech16) or their mu-law codes (speech8). If a shipped model is retrained, its id
