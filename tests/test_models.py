@@ -63,19 +63,24 @@ def test_names_work_where_a_checkpoint_goes(tmp_path):
     assert not (FOLDER / "eval_files").exists()  # nothing written into the package
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.numerics
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])])
 @pytest.mark.parametrize("name", ["speech8", "speech16"])
-def test_files_made_on_another_machine_decode_bit_for_bit(name, tmp_path):
+def test_files_made_on_another_machine_decode_bit_for_bit(name, device, tmp_path):
     """tests/data/v3_{name}.txla: CLIP compressed with the shipped model on an AMD EPYC (Zen 4, AVX-512,
     torch 2.13.0+cpu, 2 threads; 2026-12-07), where the suite's own round trips ran on Intel Xeons.
     Decoded here (and in CI under other ATEN_CPU_CAPABILITY values), it gives the clip back exactly:
     its samples (speech16) or their mu-law codes (speech8). If a shipped model is retrained, its id
-    changes and these files must be made again (`txl-audio compress CLIP --model NAME`)."""
+    changes and these files must be made again (`txl-audio compress CLIP --model NAME`). On a GPU
+    (`pytest -m cuda`, which benchmarks/gpu_check.sh runs) the same files decode on the card."""
     f = ROOT / "tests" / "data" / f"v3_{name}.txla"
     c = codec.parse_container(f.read_bytes(), f.name)
     cm = codec.load_coding_model(name)
     assert c.model_id == cm.id, f"{f.name} was made with another {name}: make it again"
-    assert main(["decompress", str(f), "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["decompress", str(f), "--out", str(tmp_path), "--no-progress", "--device", device]) == 0
     back = sf.read(tmp_path / f"v3_{name}.wav", dtype="int16" if name == "speech16" else "float32")[0]
     if name == "speech16":
         assert np.array_equal(back, sf.read(CLIP, dtype="int16")[0])
