@@ -56,7 +56,8 @@ def _train(corpus: Path, out: Path, head: str, lp_order: int, lp: str = "fitted"
 
 @pytest.fixture(scope="module")
 def lossless16_run(corpus16, tmp_path_factory) -> Path:
-    """The lossless16 recipe's head, small: a logistic mixture on the fitted order-32 LPC prior."""
+    """A logistic mixture on the fitted order-32 LPC prior, small (the lossless16 recipe's head until
+    2026-12-07; the cascade, its head now, is a case of test_every_16bit_head_stays_in_corpus_range)."""
     return _train(corpus16, tmp_path_factory.mktemp("q") / "run", "logistic_mixture", 32)
 
 
