@@ -34,6 +34,7 @@ I_MIXW, I_MIXG = 11, 12  # mixer weights (S), their gradient power (S)
 I_PS, I_SPOW = 13, 14  # stage predictions (S), stage input power (S)
 I_BIAS_T = 15  # bias tables: (BIAS_CTX, 2) sums and counts
 I_SCAL = 16  # float scalars (F_*)
+I_ZERO = 17  # 1: predict 0, adapt nothing but the scale (a sampler's open loop, issue 28); 0: the cascade
 I_STAGE = 20  # per stage: order, history offset, weights offset, power-table offset (ct)
 STAGE_FIELDS = 4
 
@@ -184,6 +185,12 @@ def predict_row(f, g, ip, fp, ct):
     """The prediction of the next sample of one stream (float, and the rounded int in g[G_PRED])."""
     P = ip[I_P]
     sc0 = ip[I_SCAL]
+    if ip[I_ZERO] != 0:
+        for i in range(N_FSCAL):
+            if i != F_ESUM:
+                f[sc0 + i] = 0.0
+        g[G_PRED] = 0
+        return 0
     hx = ip[I_HX] + g[G_HXPOS]
     p0 = _dot(f[ip[I_W0] : ip[I_W0] + P], f[hx : hx + P], P)
     f[sc0 + F_P0] = p0
@@ -234,6 +241,9 @@ def update_row(f, g, ip, fp, ct, sc, xv):
     P = ip[I_P]
     sc0 = ip[I_SCAL]
     x = float(xv)
+    if ip[I_ZERO] != 0:
+        _integer_side(f, g, ip, xv, x)
+        return
     ohx = ip[I_HX] + g[G_HXPOS]
     # ---- stage 1: least squares on the last P samples, covariance weighted by an IRLS factor
     # (recent |error| large -> small weight: a robust, near-L1 fit) and forgotten geometrically
@@ -300,7 +310,12 @@ def update_row(f, g, ip, fp, ct, sc, xv):
         if f[ob2 + 1] > fp[P_BIAS_LIMIT]:
             f[ob2] *= 0.5
             f[ob2 + 1] *= 0.5
-    # ---- integer side: the scale, the residual history
+    _integer_side(f, g, ip, xv, x)
+
+
+@njit(cache=True, nogil=True)
+def _integer_side(f, g, ip, xv, x):
+    """The scale (the running mean of |xv - prediction|) and the sample and residual histories."""
     e = xv - g[G_PRED]
     ae = e if e >= 0 else -e
     sh = ip[I_SCALE_SHIFT]
@@ -309,7 +324,7 @@ def update_row(f, g, ip, fp, ct, sc, xv):
     g[G_E2] = g[G_E1]
     g[G_E1] = e
     g[G_XPREV] = xv
-    _push(f, ip[I_HX], P, g, G_HXPOS, x)
+    _push(f, ip[I_HX], ip[I_P], g, G_HXPOS, x)
 
 
 @njit(cache=True, nogil=True)

@@ -120,6 +120,7 @@ class CascadePrior(nn.Module):
     features into the input embedding (see the module docstring)."""
 
     fitted = False  # (the LinearPredictor's flag, read by the model's initialisation)
+    open_loop = False  # set while sampling (txl_audio.generate.open_loop_prior), never saved
 
     def __init__(self, d_model: int, cascade_json: str) -> None:
         super().__init__()
@@ -151,6 +152,7 @@ class CascadePrior(nn.Module):
         if state is None:
             state = self.empty(B)
         stream = CascadeStream(B, self.config)
+        stream.open_loop(self.open_loop)
         stream.F = state.F.numpy() if in_place else state.F.numpy().copy()
         stream.G = state.G.numpy() if in_place else state.G.numpy().copy()
         x = tokens.cpu().numpy().astype(np.int64) - HALF

@@ -283,6 +283,8 @@ class LinearPredictor(nn.Module):
 
     A Laplace scale b(h) gives the auxiliary likelihood that trains the coefficients."""
 
+    open_loop = False  # set while sampling (txl_audio.generate.open_loop_prior), never saved
+
     def __init__(self, d_model: int, order: int, fitted: bool = False) -> None:
         super().__init__()
         self.order, self.fitted = order, fitted
@@ -322,7 +324,10 @@ class LinearPredictor(nn.Module):
         keep = ctx[:, ctx.shape[1] - min(self.keep, ctx.shape[1]) :]
         if not self.fitted:
             return PriorInputs(windows), PriorState(keep, None, state.seen + T)
-        base = _fitted_coefficients(vals, H, pos, state.coef, self.order, dense)
+        if self.open_loop:  # predicting 0: the level is that of the signal itself
+            base = torch.zeros(B, T, self.order, dtype=torch.float64, device=dev)
+        else:
+            base = _fitted_coefficients(vals, H, pos, state.coef, self.order, dense)
         level, resid, pending = _residual_level(vals[:, H:], windows, base, pos, state)
         return (PriorInputs(windows, base, level),
                 PriorState(keep, base[:, -1], state.seen + T, resid, pending))
@@ -336,6 +341,8 @@ class LinearPredictor(nn.Module):
         if base is not None:
             a = a + base
         pred = (a * windows).sum(-1).clamp(-1.0, 1.0 - 1.0 / HALF).float()
+        if self.open_loop:
+            pred = torch.zeros_like(pred)
         log_b = torch.log(F.softplus(self.scale(h).float()[:, 0]) + 1e-6)
         if level is not None:
             log_b = log_b + level.float()

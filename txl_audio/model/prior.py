@@ -193,6 +193,12 @@ class CascadeStream:
         self.stage1 = np.zeros(batch, dtype=np.int32)
         self.reset()
 
+    def open_loop(self, on: bool) -> None:
+        """``on``: from now on every row predicts 0 and adapts nothing, keeping only its scale (the
+        running mean of |x|) and histories: what a sampler runs (issue 28: the cascade refitted on
+        its own output is an unstable closed loop). Off (the default): the cascade."""
+        self._k.ip[K.I_ZERO] = 1 if on else 0
+
     @property
     def state_bytes_per_row(self) -> int:
         return 8 * (self._k.nf + self._k.ng)
