@@ -9,6 +9,7 @@ sample as a 16-bit corpus (tests keep to one thread).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,37 @@ def test_generate_writes_quality_report(lossless16_run, tmp_path, capsys):
     assert {"rms_dbfs", "clipped", "zcr", "flatness", "degenerate", "within_corpus"} <= set(s)
     assert q["corpus"]["files"] > 100
     assert (tmp_path / "sample_000.png").stat().st_size > 10_000
+    assert report["settings"]["prior_prediction"] is False  # the default: the prior predicts 0
+
+
+def test_sampling_opens_the_prior_loop_and_closes_it_after(lossless16_run):
+    """While sampling, the fitted prior predicts 0 (the head's mean is the network's offset alone, its
+    unit the signal's own level); after it, and with prior_prediction=True, the prior is as trained."""
+    from txl_audio.checkpoint import load_model
+    from txl_audio.generate import open_loop_prior, sample
+
+    model, _, _ = load_model(lossless16_run, "cpu")
+    wave = sf.read(sorted(SC.glob("*/*.flac"))[0], dtype="int16")[0].astype(np.int64)
+    loud = int(np.argmax(np.convolve(wave.astype(float) ** 2, np.ones(1024), "valid")))  # a word, not silence
+    tokens = torch.from_numpy(wave[loud : loud + 1024] + 32768)[None]
+    n = tokens.shape[1]
+    _, state = model.lp.context(tokens, None, None)
+    closed, _ = model.lp.context(tokens, None, None)
+    with open_loop_prior(model):
+        opened, _ = model.lp.context(tokens, None, None)
+        h = torch.zeros(n, model.config.d_model)
+        pred, _ = model.lp(h, opened.windows[0], opened.base[0], opened.level[0])
+    assert not opened.base.any() and not pred.any()
+    # the open loop's level is the mean |x| of the last 16 samples after the file's first (the closed
+    # loop's is the mean |residual|)
+    x = tokens[0].double() - 32768
+    mean = torch.stack([x[max(1, t - 15) : t + 1].abs().mean() for t in range(1, n)])
+    want = torch.log(mean + 1) - math.log(32768)
+    assert torch.allclose(opened.level[0, 1:].double(), want, atol=1e-5)
+    assert (closed.level[0, 512:] < opened.level[0, 512:] - 1).float().mean() > 0.5  # the LPC predicts
+    assert model.lp.open_loop is False
+    sample(model, None, 8, batch_size=1, start_token=32768)
+    assert model.lp.open_loop is False
 
 
 def test_api_generate_returns_the_report(lossless16_run):
@@ -152,6 +184,32 @@ def test_api_generate_returns_the_report(lossless16_run):
 
 
 # ---- the samples themselves --------------------------------------------------------------------------
+
+
+def test_shipped_speech16_samples_stay_in_corpus_range():
+    """Issue 28's fix on the shipped 16-bit model: its prior predicts 0 while sampling (the cascade
+    refitted on the model's own output is an unstable closed loop), and 2 s x 2 streams stay within
+    the training corpus's level, loudest frame, clipping and ZCR, with no degeneration. On the code
+    before (the head centred on the cascade's prediction) the same call gives -6.8 / -6.6 dBFS, 2.0% /
+    6.9% clipped, a DC constant and a Nyquist tone (docs/results.md)."""
+    import txl_audio
+
+    _, report = txl_audio.load("speech16").generate(seconds=2.0, num=2, seed=0, return_report=True)
+    for s in report["samples"]:
+        assert not s["degenerate"] and all(s["within_corpus"].values()), report["lines"]
+
+
+@pytest.mark.slow  # 25 s
+def test_shipped_speech16_with_the_prior_prediction_leaves_the_corpus_range():
+    """The same with ``prior_prediction=True`` (the training-time head, what issue 28 reported): both
+    streams leave the corpus's range. If this starts to pass, the closed loop got stable and the
+    default can be reconsidered."""
+    import txl_audio
+
+    _, report = txl_audio.load("speech16").generate(seconds=2.0, num=2, seed=0, return_report=True,
+                                                    prior_prediction=True)
+    for s in report["samples"]:
+        assert not all(s["within_corpus"].values()), report["lines"]
 
 
 def _generate(run: Path, seconds: float, num: int = 1) -> list[np.ndarray]:
@@ -175,19 +233,22 @@ def _assert_within_corpus(run: Path, waves: list[np.ndarray]) -> None:
 
 
 @pytest.mark.slow  # 40 s; strict: once issue 28 is fixed it passes and the marker must go
-@pytest.mark.xfail(reason="issue 28 open: the prior heads' samples still drift to full scale", strict=True)
+@pytest.mark.xfail(reason="issue 28 open: with its prior open (the default) one of this 300-step model's two "
+                          "streams falls silent", strict=True)
 def test_16bit_fitted_prior_samples_stay_in_corpus_range(lossless16_run):
-    """The lossless16 recipe's head (small, 300 steps): 2 s of samples at the corpus's level, no sustained
-    clipping. On the code before issue 28 both streams reach full scale within 0.3 s."""
+    """The old lossless16 recipe's head (small, 300 steps): 2 s of samples at the corpus's level, no
+    sustained clipping. With the prior's prediction (the code before 2026-12-07) both streams reach full
+    scale within 0.3 s; with the prior open one stream is in range and the other silent."""
     _assert_within_corpus(lossless16_run, _generate(lossless16_run, 2.0))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head, lp_order, lp", [
     ("logistic_mixture", 0, "fitted"), ("dual_softmax", 0, "fitted"),
-    pytest.param("dual_softmax", 32, "fitted", marks=pytest.mark.xfail(reason="issue 28 open", strict=False)),
-    pytest.param("logistic_mixture", 32, "cascade", marks=pytest.mark.xfail(reason="issue 28 open",
-                                                                              strict=False)),
+    pytest.param("dual_softmax", 32, "fitted", marks=pytest.mark.xfail(
+        reason="issue 28 open: ZCR 0.50 against the corpus's 0.46 at 300 steps", strict=False)),
+    pytest.param("logistic_mixture", 32, "cascade", marks=pytest.mark.xfail(
+        reason="issue 28 open: at 300 steps the open-loop samples fall silent", strict=False)),
 ])
 def test_every_16bit_head_stays_in_corpus_range(corpus16, tmp_path, head, lp_order, lp):
     run = _train(corpus16, tmp_path / "run", head, lp_order, lp)

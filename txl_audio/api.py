@@ -292,7 +292,8 @@ class Model:
                  prompt_seconds: float | None = None, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, *, tokens: int | None = None,
                  prompt_text: str | None = None, sample_rate: int | None = None, batch_size: int = 8,
-                 include_prompt: bool = True, progress: bool = False, return_report: bool = False
+                 include_prompt: bool = True, progress: bool = False, return_report: bool = False,
+                 prior_prediction: bool = False
                  ) -> np.ndarray | list[str] | tuple[np.ndarray, dict[str, Any]]:
         """``num`` samples, the same as ``txl-audio generate CKPT --seed SEED`` writes with the same
         settings (and the same ``batch_size``, 8 by default as there).
@@ -313,7 +314,10 @@ class Model:
         spectral flatness and degenerations, beside the training corpus's figures; ``report["warnings"]``:
         one line per degenerate sample), measured on the new audio (the prompt left out).
 
-        ``temperature`` (0 = greedy), ``top_k``, ``top_p``: as the command's options. ``seed``: the
+        ``temperature`` (0 = greedy), ``top_k``, ``top_p``: as the command's options; so is
+        ``prior_prediction`` (``--prior-prediction``: a 16-bit head centred on its prior's prediction
+        while sampling, as in training; by default the prior predicts 0, see
+        :func:`txl_audio.generate.open_loop_prior`). ``seed``: the
         same seed and batch size give the same samples (None: a fresh random seed). The model decodes in
         bf16 on CUDA unless ``load(..., dtype="fp32")``, in fp32 on the CPU, as the command does.
         """
@@ -366,7 +370,8 @@ class Model:
         if seed is None:
             seed = secrets.randbits(63)
         gen = generate_tokens(self._decoding_model(), self.tokenizer, n_new, num, batch_size, prompt_tokens,
-                              temperature, top_k, top_p, int(seed), show_progress=progress)
+                              temperature, top_k, top_p, int(seed), show_progress=progress,
+                              prior_prediction=prior_prediction)
         if not audio:
             return [(prompt_str if include_prompt else "") + self.tokenizer.decode(row) for row in gen.tokens]
         head = prompt_wave if include_prompt else prompt_wave[:0]

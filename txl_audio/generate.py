@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,27 @@ ProgressFn = Callable[[int], None]
 
 # ----------------------------------------------------------------------------------------------------
 # decoding
+
+
+@contextmanager
+def open_loop_prior(model: TransformerXL, on: bool = True) -> Iterator[None]:
+    """While sampling, a 16-bit head's prior (the predictor cascade or the fitted LPC) predicts 0: the
+    head is centred on 0 and its unit is the running magnitude of the signal itself (the cascade keeps
+    only its scale and adapts nothing; the fitted prior's level is that of the samples). Why: a prior
+    that adapts to the samples it is fed refits itself on the model's own output, a closed loop that
+    teacher-forced training never runs and that is unstable: its poles drift to the rails or its
+    excitation dies out (issue 28, measured in docs/results.md). The network, which learned what the
+    prior leaves, then draws the sample alone. No-op for models without a prior."""
+    lp = getattr(model, "lp", None)
+    if lp is None or not on:
+        yield
+        return
+    before = lp.open_loop
+    lp.open_loop = True
+    try:
+        yield
+    finally:
+        lp.open_loop = before
 
 
 def _device(model: TransformerXL) -> torch.device:
@@ -115,6 +137,7 @@ def sample(
     decoder: str | None = None,
     cuda_graph: bool | None = None,
     lengths: Lengths | None = None,
+    prior_prediction: bool = False,
 ) -> torch.Tensor:
     """Continue ``prompt_tokens (B, P)`` (or start from ``start_token``, ``batch_size`` streams) by
     ``n_new`` tokens; returns the new tokens ``(B, n_new)`` int64 on the model's device.
@@ -126,6 +149,10 @@ def sample(
     buffer, a CUDA graph on CUDA unless ``cuda_graph=False``) or "reference" (the default without it).
     ``lengths``: the memory and segment lengths to decode with (default: the trained ones). Run the
     model in eval mode; for bf16, convert it (``model.to(torch.bfloat16)``).
+
+    A 16-bit head's prior predicts 0 while sampling (:func:`open_loop_prior`), prompt included;
+    ``prior_prediction=True`` centres the head on the prior's prediction as in training (its samples
+    drift to full scale or silence: issue 28).
     """
     check_sampling_args(temperature, top_k, top_p)
     if n_new < 0:
@@ -138,16 +165,17 @@ def sample(
     kind = decoder or ("cached" if use_cache else "reference")
     if not use_cache and kind != "reference":
         raise ValueError(f"use_cache=False is the reference path; decoder={kind!r} contradicts it")
-    dec = make_decoder(model, B, kind, cuda_graph, lengths)
-    predicted = dec.prefill(tokens)
-    every = _progress_every(B)
-    for i in range(n_new):
-        tok = predicted.sample(temperature, top_k, top_p, generator)  # (B,)
-        out[:, i] = tok
-        if i + 1 < n_new:
-            predicted = dec.step(tok)
-        if progress is not None and i % every == 0:
-            progress(i)
+    with open_loop_prior(model, not prior_prediction):
+        dec = make_decoder(model, B, kind, cuda_graph, lengths)
+        predicted = dec.prefill(tokens)
+        every = _progress_every(B)
+        for i in range(n_new):
+            tok = predicted.sample(temperature, top_k, top_p, generator)  # (B,)
+            out[:, i] = tok
+            if i + 1 < n_new:
+                predicted = dec.step(tok)
+            if progress is not None and i % every == 0:
+                progress(i)
     if progress is not None:
         progress(n_new)
     return out
@@ -215,6 +243,7 @@ def generate_tokens(
     threads: int | None = None,
     show_progress: bool | None = None,
     on_batch: Callable[[int, np.ndarray], None] | None = None,
+    prior_prediction: bool = False,
 ) -> Generation:
     """``num`` samples of ``n_new`` new tokens each, ``batch_size`` streams at a time, continuing
     ``prompt_tokens`` (P,) (or the tokenizer's start token: silence, or a line end); returns them as a
@@ -224,8 +253,9 @@ def generate_tokens(
     size give the same tokens. ``threads``: CPU threads while decoding (default 1: one token at a time is
     a chain of tiny ops; more threads rarely help and on a busy machine make it many times slower).
     ``on_batch(first, tokens (b, n_new))`` is called after each batch (``first``: its first sample's
-    index). ``txl-audio generate`` (:func:`generate_files`) and ``txl_audio.load(...).generate`` both
-    call this.
+    index). ``prior_prediction``: see :func:`sample` (default off: a 16-bit head's prior predicts 0
+    while sampling). ``txl-audio generate`` (:func:`generate_files`) and ``txl_audio.load(...).generate``
+    both call this.
     """
     dev = _device(model)
     audio = tokenizer.unit == "sample"
@@ -256,7 +286,8 @@ def generate_tokens(
                 bar.refresh()
 
             new = sample(model, prompt, n_new, temperature, top_k, top_p, generator,
-                         batch_size=b, start_token=start, progress=progress)
+                         batch_size=b, start_token=start, progress=progress,
+                         prior_prediction=prior_prediction)
             out[first : first + b] = new.cpu().numpy()
             gen_time += now(dev) - t0
             done_tokens += b * n_new
@@ -283,6 +314,7 @@ def generate_files(
     show_progress: bool | None = None,
     threads: int | None = None,
     tokens: int | None = None,
+    prior_prediction: bool = False,
 ) -> dict[str, Any]:
     """Generate ``num`` samples from a checkpoint into ``out_dir`` and write generation.json (settings,
     speed, device); returns the JSON's contents.
@@ -296,7 +328,8 @@ def generate_files(
     stream, and for audio as the real-time factor: samples per second / 16,000, above 1 = faster than
     real time. ``dtype="bf16"`` runs a bf16 copy of the weights and cache (no autocast: nothing to cast
     per step). ``threads``: CPU threads while decoding; default 1 (see :func:`generate_tokens`, which
-    does the sampling).
+    does the sampling). ``prior_prediction``: centre a 16-bit head on its prior's prediction while
+    sampling, as in training (off by default: see :func:`open_loop_prior`).
     """
     check_sampling_args(temperature, top_k, top_p)
     for name, value in (("seconds", seconds), ("num", num), ("batch_size", batch_size)):
@@ -344,7 +377,7 @@ def generate_files(
                 files.append({"txt": path.name, "tokens": int(n_new)})
 
     gen = generate_tokens(model, tokenizer, n_new, num, batch_size, prompt_tokens, temperature, top_k, top_p,
-                          seed, threads, show_progress, on_batch=write)
+                          seed, threads, show_progress, on_batch=write, prior_prediction=prior_prediction)
     gen_time, name = gen.seconds, gen.device_name
     rate = num * n_new / gen_time
     streams = min(batch_size, num)
@@ -357,6 +390,7 @@ def generate_files(
         "settings": {
             "seconds": seconds if audio and tokens is None else None, "tokens": tokens, "num": num,
             "batch_size": batch_size, "temperature": temperature,
+            "prior_prediction": bool(prior_prediction) if getattr(model, "lp", None) is not None else None,
             "top_k": top_k, "top_p": top_p, "seed": seed, "device": str(dev), "dtype": dtype,
             "threads": (threads or 1) if dev.type == "cpu" else None,
             "prompt": None if prompt is None else str(prompt),

@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads while decoding (default 1: fastest for one token at a time)")
     p.add_argument("--no-plots", action="store_true", help="skip the spectrogram PNGs")
+    p.add_argument("--prior-prediction", action="store_true",
+                   help="16-bit heads with a prior: centre each draw on the prior's prediction, as in "
+                        "training (by default the prior predicts 0 while sampling: refitted on the "
+                        "model's own output it drives the samples to full scale; docs/results.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt, prompt_seconds=args.prompt_seconds, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device, dtype=args.dtype,
         plots=not args.no_plots, threads=args.threads, tokens=args.tokens,
+        prior_prediction=args.prior_prediction,
     )
     streams = min(args.batch_size, args.num)
     if report["unit"] == "sample":
