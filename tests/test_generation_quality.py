@@ -154,7 +154,6 @@ def test_sampling_opens_the_prior_loop_and_closes_it_after(lossless16_run):
     loud = int(np.argmax(np.convolve(wave.astype(float) ** 2, np.ones(1024), "valid")))  # a word, not silence
     tokens = torch.from_numpy(wave[loud : loud + 1024] + 32768)[None]
     n = tokens.shape[1]
-    _, state = model.lp.context(tokens, None, None)
     closed, _ = model.lp.context(tokens, None, None)
     with open_loop_prior(model):
         opened, _ = model.lp.context(tokens, None, None)

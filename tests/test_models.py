@@ -63,19 +63,25 @@ def test_names_work_where_a_checkpoint_goes(tmp_path):
     assert not (FOLDER / "eval_files").exists()  # nothing written into the package
 
 
+@pytest.fixture(scope="module")
+def bundled_figures() -> dict:
+    """The quality figures of every bundled Speech Commands clip (computed once for all models)."""
+    from txl_audio.quality import summarize, wave_stats
+
+    return summarize([wave_stats(sf.read(f, dtype="float32")[0])
+                      for f in sorted((ROOT / "data" / "speech_commands_v002_test").rglob("*.flac"))])
+
+
 @pytest.mark.parametrize("name", sorted(NAMED))
-def test_shipped_model_carries_its_training_corpus_figures(name):
+def test_shipped_model_carries_its_training_corpus_figures(name, bundled_figures):
     """`generate` puts each sample beside the training audio's figures (issue 28); a shipped model
     without them (speech16 was, until 2026-12-07) prints "figures not known" and checks nothing. The
     figures must be those of the speech it was trained on: the bundled clips (the same recordings'
     test split: 593 clips of other speakers) have a median RMS within 3 dB and a median ZCR within 25%
     (-25.8 dBFS and 0.116 against the training split's -24.4 and 0.135)."""
-    from txl_audio.quality import summarize, wave_stats
-
     stats = torch.load(named_path(name), weights_only=True).get("corpus_stats")
     assert stats is not None, f"{name}: no corpus_stats in the shipped file"
-    bundled = summarize([wave_stats(sf.read(f, dtype="float32")[0])
-                         for f in sorted((ROOT / "data" / "speech_commands_v002_test").rglob("*.flac"))])
+    bundled = bundled_figures
     assert abs(stats["rms_dbfs"]["p50"] - bundled["rms_dbfs"]["p50"]) < 3.0
     assert abs(stats["zcr"]["p50"] / bundled["zcr"]["p50"] - 1) < 0.25
     _, report = txl_audio.load(name).generate(tokens=1600, num=1, seed=0, return_report=True)

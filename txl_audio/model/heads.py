@@ -337,12 +337,13 @@ class LinearPredictor(nn.Module):
         """h (N, D), windows (N, P) float64, base (N, P) float64 or None, level (N,) or None ->
         prediction (N,) float32 clamped to the 16-bit range, and the Laplace log scale (N,) (relative
         to the residual level when there is one)."""
-        a = self.coef(h).double()
-        if base is not None:
-            a = a + base
-        pred = (a * windows).sum(-1).clamp(-1.0, 1.0 - 1.0 / HALF).float()
-        if self.open_loop:
-            pred = torch.zeros_like(pred)
+        if self.open_loop:  # a sampler's open loop: no prediction to compute
+            pred = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
+        else:
+            a = self.coef(h).double()
+            if base is not None:
+                a = a + base
+            pred = (a * windows).sum(-1).clamp(-1.0, 1.0 - 1.0 / HALF).float()
         log_b = torch.log(F.softplus(self.scale(h).float()[:, 0]) + 1e-6)
         if level is not None:
             log_b = log_b + level.float()
