@@ -87,6 +87,9 @@ def test_shipped_model_carries_its_training_corpus_figures(name, bundled_figures
     _, report = txl_audio.load(name).generate(tokens=1600, num=1, seed=0, return_report=True)
     assert report["corpus"] == stats and "within_corpus" in report["samples"][0]
     assert not any("figures not known" in line for line in report["lines"])
+    lp = getattr(txl_audio.load(name).model, "lp", None)
+    if lp is not None:  # a 16-bit prior samples with the corpus's long-term predictor (issue 28)
+        assert "long_term" in stats and lp.long_term is not None
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -107,3 +108,62 @@ def test_open_loop_predicts_zero_and_keeps_the_scale_of_the_signal():
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
         stream.update(x[:, t])
         closed.update(x[:, t])
+
+
+def test_open_loop_with_a_fixed_predictor_and_an_anchored_scale():
+    """The sampler's open loop with the corpus's long-term predictor (issue 28): every row predicts
+    round(sum a_i x_{t-i}) from its own last P samples, and its scale is the running mean of
+    |x - pred| at 2^-8 pulled toward its starting value at 2^-12, starting there after a reset, all
+    computed here independently in integers and float64."""
+    c = CascadeConfig()
+    P = c.ols_order
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.05, P)
+    a[0] = 0.9
+    x = np.stack([_clip(0, 3000), _clip(2, 3000)])
+    stream = CascadeStream(2, c)
+    stream.open_loop(True, a, scale_shift=8, scale_init=4000, leak_shift=12)
+    stream.reset()
+    acc = np.full(2, 4000 << 12, dtype=np.int64)
+    for t in range(x.shape[1]):
+        pred, scale = stream.predict()
+        hist = np.zeros((2, P))
+        k = min(P, t)
+        if k:
+            hist[:, :k] = x[:, t - k : t][:, ::-1]
+        want = np.array([math.floor(float(sum(a[i] * hist[r, i] for i in range(P))) + 0.5) for r in range(2)])
+        assert np.all(np.abs(pred - want) <= 1), t  # (the kernel's fixed summation order may round apart)
+        assert np.array_equal(scale, np.maximum((acc + 2048) >> 12, 1)), t
+        acc = acc + (((np.abs(x[:, t] - pred.astype(np.int64)) << 16) - acc) >> 8)
+        acc = acc + (((4000 << 12) - acc) >> 12)
+        stream.update(x[:, t])
+    # closed again: the configured scale and a fresh cascade, bit for bit
+    stream.open_loop(False)
+    stream.reset()
+    o = cascade_predict(x[0, :500], c)
+    for t in range(500):
+        p, s = stream.predict(rows=[0])
+        assert p[0] == o.pred[t] and s[0] == o.scale[t]
+        stream.update(x[0, t : t + 1], rows=[0])
+    with pytest.raises(ValueError, match="coefficients"):
+        stream.open_loop(True, a[:-1])
+
+
+def test_long_term_predictor_solves_the_normal_equations_and_is_stable():
+    """quality.levinson (plain loops) = numpy's solve of the Toeplitz normal equations, and the
+    long-term predictor of the bundled clips' spectrum has every pole inside the unit circle."""
+    from txl_audio import quality as Q
+
+    waves = [sf.read(f, dtype="int16")[0].astype(np.float64) for f in CLIPS]
+    lt = Q._long_term(waves)
+    R = np.asarray(lt["autocorrelation"])
+    for order in (1, 8, 32):
+        a, err = Q.levinson(R, order)
+        T = np.array([[R[abs(i - j)] for j in range(order)] for i in range(order)])
+        assert np.allclose(a, np.linalg.solve(T, R[1 : order + 1]), rtol=1e-9, atol=1e-12)
+        assert np.isclose(err, (R[0] - a @ R[1 : order + 1]) / R[0])
+        assert np.abs(np.roots(np.concatenate([[1.0], -a]))).max() < 1.0
+    a, level = Q.long_term_predictor(lt, 32)
+    assert lt["prediction_gain_db"] > 0 and level == lt["residual_level"] > 0
+    a16, level16 = Q.long_term_predictor(lt, 16)
+    assert len(a16) == 16 and level16 >= level  # a shorter predictor leaves at least as much

@@ -19,6 +19,7 @@ from txl_audio.atomic import temp_beside
 from txl_audio.config import RunConfig
 from txl_audio.errors import TxlAudioError
 from txl_audio.model import TransformerXL
+from txl_audio.quality import long_term_predictor
 from txl_audio.tokenizers import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_GLOB = "ckpt_*.pt"
@@ -134,7 +135,23 @@ def load_model(
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match its config: {str(e)[:300]}") from None
     model.to(device).eval()
+    attach_long_term(model, state.get("corpus_stats"))
     return model, tokenizer_from_dict(state["tokenizer"]), config
+
+
+def attach_long_term(model: TransformerXL, corpus: dict[str, Any] | None) -> None:
+    """Give a 16-bit head's prior the training corpus's long-term-spectrum predictor (of the prior's
+    order) from the checkpoint's corpus figures: what it predicts while sampling (issue 28; see
+    :func:`txl_audio.generate.open_loop_prior`). Nothing for models without a prior, or without the
+    figures (checkpoints before 2026-12-07: their open loop predicts 0), nor for the dual softmax."""
+    lp = getattr(model, "lp", None)
+    lt = (corpus or {}).get("long_term")
+    if lp is None or lt is None or model.config.head != "logistic_mixture":
+        return  # (a dual softmax draws absolute residuals: with the fixed predictor they grow loud)
+    order = lp.config.ols_order if hasattr(lp, "config") else lp.order
+    if order > len(lt["autocorrelation"]) - 1:
+        return
+    lp.long_term = long_term_predictor(lt, order)
 
 
 # ---- training state helpers: everything a resumed run needs, as weights_only-loadable plain data ----

@@ -65,9 +65,13 @@ ProgressFn = Callable[[int], None]
 
 @contextmanager
 def open_loop_prior(model: TransformerXL, on: bool = True) -> Iterator[None]:
-    """While sampling, a 16-bit head's prior (the predictor cascade or the fitted LPC) predicts 0: the
-    head is centred on 0 and its unit is the running magnitude of the signal itself (the cascade keeps
-    only its scale and adapts nothing; the fitted prior's level is that of the samples). Why: a prior
+    """While sampling, a 16-bit head's prior (the predictor cascade or the fitted LPC) adapts nothing:
+    with a mixture head and the training corpus's figures in the checkpoint it is the corpus's fixed
+    long-term-spectrum predictor (``lp.long_term``, attached by ``load_model``), its level the running
+    mean of what that leaves at 2^-8 pulled toward the corpus's median residual level at 2^-12 (an
+    anchor: a level that only follows the model's own draws is a multiplicative random walk, which
+    falls silent or grows to the rails); otherwise it predicts 0 and its unit is the running magnitude
+    of the signal itself. Why: a prior
     that adapts to the samples it is fed refits itself on the model's own output, a closed loop that
     teacher-forced training never runs and that is unstable: its poles drift to the rails or its
     excitation dies out (issue 28, measured in docs/results.md). The network, which learned what the

@@ -37,6 +37,11 @@ SILENT_SHARE = 0.9  # silence: this share of the frames silent (a 1 s command cl
 SILENT_RUN_FRAMES = 30  # ... or 3 s of them in a row (read speech pauses for less)
 CORPUS_FILES = 256  # files a corpus's figures are computed from (evenly spread over the split)
 CORPUS_SECONDS = 30.0  # of each file at most
+LONG_TERM_ORDER = 32  # the corpus's long-term-spectrum predictor (a sampler's fixed prior, issue 28)
+LONG_TERM_LAGS = 64  # autocorrelation lags stored: predictors of any order up to this
+LONG_TERM_FRAME = 512  # Hann frames, hop 256, each normalised to unit energy
+LAG_WINDOW_HZ = 60.0  # Gaussian lag window (bandwidth expansion, as speech codecs do)
+WHITE_NOISE_CORRECTION = 1e-3  # added to lag 0 (-30 dB): no pole is sharper than the window allows
 
 
 def _db(power: np.ndarray | float) -> np.ndarray:
@@ -175,6 +180,84 @@ def summarize(per_file: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _autocorrelation(x: np.ndarray, lags: int = LONG_TERM_LAGS) -> tuple[np.ndarray, int]:
+    """The sum over a wave's Hann frames (512, hop 256) of their autocorrelations at lags 0 .. ``lags``,
+    each frame's divided by its energy (every frame counts the same, loud or quiet), and the count."""
+    n = len(x)
+    if n < LONG_TERM_FRAME:
+        return np.zeros(lags + 1), 0
+    starts = np.arange(0, n - LONG_TERM_FRAME + 1, LONG_TERM_FRAME // 2)
+    frames = x[starts[:, None] + np.arange(LONG_TERM_FRAME)] * np.hanning(LONG_TERM_FRAME)
+    energy = np.sum(frames**2, axis=1)
+    frames = frames[energy > 0]
+    if len(frames) == 0:
+        return np.zeros(lags + 1), 0
+    spec = np.abs(np.fft.rfft(frames, 2 * LONG_TERM_FRAME, axis=1)) ** 2
+    r = np.fft.irfft(spec, axis=1)[:, : lags + 1]
+    return (r / r[:, :1]).sum(0), len(frames)
+
+
+def levinson(r: Any, order: int) -> tuple[np.ndarray, float]:
+    """Levinson-Durbin on autocorrelations r[0 .. order] (plain float64 loops: the same result on every
+    machine): the predictor a (x_t ~ sum a_i x_{t-1-i}, most recent sample first) and the prediction
+    error's power relative to r[0]. A positive definite r gives a stable (minimum-phase) filter."""
+    r = [float(v) for v in np.asarray(r, dtype=np.float64)[: order + 1]]
+    if len(r) < order + 1 or not r[0] > 0:
+        raise ValueError(f"levinson needs {order + 1} autocorrelations with r[0] > 0")
+    a = [0.0] * (order + 1)
+    a[0] = 1.0
+    err = r[0]
+    for m in range(1, order + 1):
+        acc = r[m]
+        for i in range(1, m):
+            acc += a[i] * r[m - i]
+        k = -acc / err
+        prev = a[:]
+        for i in range(1, m + 1):
+            a[i] = prev[i] + k * prev[m - i]
+        err *= 1.0 - k * k
+    return np.array([-v for v in a[1:]]), err / r[0]
+
+
+def long_term_predictor(lt: dict[str, Any], order: int) -> tuple[np.ndarray, float]:
+    """A corpus's long-term-spectrum predictor of ``order`` (<= 64) from its figures' ``long_term``
+    entry, and the residual level (mean |x - prediction| in int16 levels) to start a sample at: the
+    corpus's median file's for the stored order, scaled by the root of the error powers for another."""
+    if not 1 <= order <= len(lt["autocorrelation"]) - 1:
+        raise ValueError(f"the corpus's long-term spectrum holds predictors of order 1 .. "
+                         f"{len(lt['autocorrelation']) - 1}, not {order}")
+    a, err = levinson(lt["autocorrelation"], order)
+    level = float(lt["residual_level"])
+    if order != lt["order"]:
+        _, err0 = levinson(lt["autocorrelation"], int(lt["order"]))
+        level *= math.sqrt(err / err0)
+    return a, level
+
+
+def _long_term(waves: list[np.ndarray]) -> dict[str, Any] | None:
+    """The ``long_term`` entry of a corpus's figures: the lag-windowed mean normalised autocorrelation
+    of its frames, and for the order-32 predictor from it its prediction gain and the median over the
+    files of the mean |residual| in int16 levels."""
+    R, count = np.zeros(LONG_TERM_LAGS + 1), 0
+    for x in waves:
+        r, c = _autocorrelation(x)
+        R, count = R + r, count + c
+    if count == 0:
+        return None
+    R = R / count
+    k = np.arange(LONG_TERM_LAGS + 1)
+    R = R * np.exp(-0.5 * (2 * np.pi * LAG_WINDOW_HZ * k / 16_000) ** 2)
+    R[0] *= 1.0 + WHITE_NOISE_CORRECTION
+    a, err = levinson(R, LONG_TERM_ORDER)
+    levels = []
+    for x in waves:
+        pred = np.convolve(x, np.concatenate([[0.0], a]))[: len(x)]
+        levels.append(float(np.mean(np.abs(x - np.clip(np.floor(pred + 0.5), -32768, 32767)))))
+    return {"order": LONG_TERM_ORDER, "autocorrelation": [float(v) for v in R],
+            "prediction_gain_db": float(-10.0 * np.log10(err)),
+            "residual_level": float(np.median(levels))}
+
+
 def corpus_stats(corpus: Any, split: str = "train", max_files: int = CORPUS_FILES) -> dict[str, Any] | None:
     """The figures of up to ``max_files`` files of an audio corpus's ``split`` (evenly spread over it,
     at most 30 s of each), decoded by its tokenizer; None for a text corpus or an empty split."""
@@ -187,14 +270,19 @@ def corpus_stats(corpus: Any, split: str = "train", max_files: int = CORPUS_FILE
     pick = np.unique(np.linspace(0, len(files) - 1, min(max_files, len(files))).round().astype(int))
     tokens = corpus.tokens(split)
     rate = corpus.sample_rate or 16_000
-    per_file = []
+    per_file, waves = [], []
     for i in pick:
         f = files[i]
         n = min(int(f["length"]), int(CORPUS_SECONDS * rate))
         codes = np.asarray(tokens[int(f["offset"]) : int(f["offset"]) + n]).astype(np.int64)
-        per_file.append(wave_stats(np.asarray(tok.decode(codes), dtype=np.float64)))
+        wave = np.asarray(tok.decode(codes), dtype=np.float64)
+        per_file.append(wave_stats(wave))
+        waves.append(np.round(wave * 32768.0))
     out = summarize(per_file)
     out["split"] = split
+    lt = _long_term(waves)
+    if lt is not None:
+        out["long_term"] = lt
     return out
 
 

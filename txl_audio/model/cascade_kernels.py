@@ -34,7 +34,10 @@ I_MIXW, I_MIXG = 11, 12  # mixer weights (S), their gradient power (S)
 I_PS, I_SPOW = 13, 14  # stage predictions (S), stage input power (S)
 I_BIAS_T = 15  # bias tables: (BIAS_CTX, 2) sums and counts
 I_SCAL = 16  # float scalars (F_*)
-I_ZERO = 17  # 1: predict 0, adapt nothing but the scale (a sampler's open loop, issue 28); 0: the cascade
+I_ZERO = 17  # a sampler's open loop (issue 28), adapting nothing but the scale: 1 predicts 0, 2 a fixed
+# linear predictor (ct[ip[I_FIXED] :] times the last P samples); 0: the cascade
+I_FIXED = 18  # where the fixed predictor's P coefficients start in ct
+I_LEAK = 19  # 0, or with the loop open the scale also moves toward its starting value at 2 ** -I_LEAK
 I_STAGE = 20  # per stage: order, history offset, weights offset, power-table offset (ct)
 STAGE_FIELDS = 4
 
@@ -189,8 +192,16 @@ def predict_row(f, g, ip, fp, ct):
         for i in range(N_FSCAL):
             if i != F_ESUM:
                 f[sc0 + i] = 0.0
-        g[G_PRED] = 0
-        return 0
+        q = 0
+        if ip[I_ZERO] == 2:
+            hx = ip[I_HX] + g[G_HXPOS]
+            oc = ip[I_FIXED]
+            p0 = _dot(ct[oc : oc + P], f[hx : hx + P], P)
+            f[sc0 + F_P0] = p0
+            f[sc0 + F_PTOT] = p0
+            q = _clip_round(p0)
+        g[G_PRED] = q
+        return q
     hx = ip[I_HX] + g[G_HXPOS]
     p0 = _dot(f[ip[I_W0] : ip[I_W0] + P], f[hx : hx + P], P)
     f[sc0 + F_P0] = p0
@@ -320,7 +331,10 @@ def _integer_side(f, g, ip, xv, x):
     ae = e if e >= 0 else -e
     sh = ip[I_SCALE_SHIFT]
     acc = g[G_SACC]
-    g[G_SACC] = acc + (((ae << (SCALE_FRAC + 4)) - acc) >> sh)
+    acc = acc + (((ae << (SCALE_FRAC + 4)) - acc) >> sh)
+    if ip[I_LEAK] != 0 and ip[I_ZERO] != 0:
+        acc = acc + (((ip[I_SCALE_INIT] << SCALE_FRAC) - acc) >> ip[I_LEAK])
+    g[G_SACC] = acc
     g[G_E2] = g[G_E1]
     g[G_E1] = e
     g[G_XPREV] = xv

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from txl_audio.model.heads import OPEN_LEAK_SHIFT, OPEN_SCALE_SHIFT
 from txl_audio.model.prior import SCALE_UNIT, CascadeConfig, CascadeStream
 
 HALF = 32_768
@@ -121,6 +122,12 @@ class CascadePrior(nn.Module):
 
     fitted = False  # (the LinearPredictor's flag, read by the model's initialisation)
     open_loop = False  # set while sampling (txl_audio.generate.open_loop_prior), never saved
+    # the training corpus's long-term-spectrum predictor (coefficients (ols_order,), the residual level
+    # in int16 levels to start at), set by txl_audio.checkpoint.load_model from the checkpoint's corpus
+    # figures: with the loop open, the fixed predictor (None: predict 0)
+    long_term: tuple[np.ndarray, float] | None = None
+    open_scale_shift = OPEN_SCALE_SHIFT
+    open_leak_shift = OPEN_LEAK_SHIFT
 
     def __init__(self, d_model: int, cascade_json: str) -> None:
         super().__init__()
@@ -135,8 +142,20 @@ class CascadePrior(nn.Module):
     def embed(self, inputs: CascadeInputs) -> Tensor:
         return self.features(inputs.features.to(self.features.weight.device, self.features.weight.dtype))
 
-    def empty(self, batch: int) -> CascadeState:
+    def _stream(self, batch: int) -> CascadeStream:
         stream = CascadeStream(batch, self.config)
+        if self.open_loop:
+            if self.long_term is None:
+                stream.open_loop(True)
+            else:
+                a, level = self.long_term
+                stream.open_loop(True, a, self.open_scale_shift, round(level * SCALE_UNIT),
+                                 self.open_leak_shift)
+        return stream
+
+    def empty(self, batch: int) -> CascadeState:
+        stream = self._stream(batch)
+        stream.reset()
         p, s = stream.predict()
         pending = torch.from_numpy(np.stack([p, s, stream.stage1], axis=1).astype(np.int64))
         return CascadeState(torch.from_numpy(stream.F.copy()), torch.from_numpy(stream.G.copy()), pending)
@@ -151,8 +170,7 @@ class CascadePrior(nn.Module):
         dev = tokens.device
         if state is None:
             state = self.empty(B)
-        stream = CascadeStream(B, self.config)
-        stream.open_loop(self.open_loop)
+        stream = self._stream(B)
         stream.F = state.F.numpy() if in_place else state.F.numpy().copy()
         stream.G = state.G.numpy() if in_place else state.G.numpy().copy()
         x = tokens.cpu().numpy().astype(np.int64) - HALF

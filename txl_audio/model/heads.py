@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -271,6 +272,11 @@ class PriorState:
     pending: Tensor | None = None  # (B,) the fitted prediction of the next call's first token
 
 
+LEVEL_SPAN = 16  # residuals averaged for the level (the baselines' adaptive Laplace averages ~16)
+OPEN_SCALE_SHIFT = 8  # the level's rate while sampling with a long-term predictor: 1/256 (16 ms) ...
+OPEN_LEAK_SHIFT = 12  # ... and its pull toward the corpus's level: 1/4096 (0.26 s)
+
+
 class LinearPredictor(nn.Module):
     """The linear-prediction prior: pred_t = sum_i a_i x_{t-i}, i = 0 .. P-1 (x_t is the input sample,
     the one before the target), with coefficients a = base + W h:
@@ -284,6 +290,10 @@ class LinearPredictor(nn.Module):
     A Laplace scale b(h) gives the auxiliary likelihood that trains the coefficients."""
 
     open_loop = False  # set while sampling (txl_audio.generate.open_loop_prior), never saved
+    # the training corpus's long-term-spectrum predictor (coefficients (order,), the residual level in
+    # int16 levels to start at), set by txl_audio.checkpoint.load_model from the checkpoint's corpus
+    # figures: with the loop open, the fixed predictor (None: predict 0)
+    long_term: tuple[np.ndarray, float] | None = None
 
     def __init__(self, d_model: int, order: int, fitted: bool = False) -> None:
         super().__init__()
@@ -303,6 +313,11 @@ class LinearPredictor(nn.Module):
                 self.coef.bias[0] = 1.0
             # the Laplace scale: 1% of full scale, or (fitted) the recent residual level itself
             self.scale.bias.fill_(math.log(math.expm1(1.0 if self.fitted else 0.01)))
+
+    def level_span(self) -> int:
+        """The level's state per stream: the last 16 residuals, or while sampling with a long-term
+        predictor one running mean."""
+        return 1 if self.open_loop and self.long_term is not None else LEVEL_SPAN
 
     def context(self, tokens: Tensor, state: PriorState | None, doc_pos: Tensor | None,
                 dense: bool = False) -> tuple[PriorInputs, PriorState]:
@@ -324,11 +339,17 @@ class LinearPredictor(nn.Module):
         keep = ctx[:, ctx.shape[1] - min(self.keep, ctx.shape[1]) :]
         if not self.fitted:
             return PriorInputs(windows), PriorState(keep, None, state.seen + T)
-        if self.open_loop:  # predicting 0: the level is that of the signal itself
-            base = torch.zeros(B, T, self.order, dtype=torch.float64, device=dev)
+        if self.open_loop and self.long_term is not None:
+            # the training corpus's long-term predictor, and a slower level of what it leaves
+            a, start = self.long_term
+            base = torch.as_tensor(np.asarray(a), dtype=torch.float64, device=dev).expand(B, T, -1)
+            level, resid, pending = _open_level(vals[:, H:], windows, base, pos, state, float(start))
         else:
-            base = _fitted_coefficients(vals, H, pos, state.coef, self.order, dense)
-        level, resid, pending = _residual_level(vals[:, H:], windows, base, pos, state)
+            if self.open_loop:  # predicting 0: the level is that of the signal itself
+                base = torch.zeros(B, T, self.order, dtype=torch.float64, device=dev)
+            else:
+                base = _fitted_coefficients(vals, H, pos, state.coef, self.order, dense)
+            level, resid, pending = _residual_level(vals[:, H:], windows, base, pos, state)
         return (PriorInputs(windows, base, level),
                 PriorState(keep, base[:, -1], state.seen + T, resid, pending))
 
@@ -337,8 +358,11 @@ class LinearPredictor(nn.Module):
         """h (N, D), windows (N, P) float64, base (N, P) float64 or None, level (N,) or None ->
         prediction (N,) float32 clamped to the 16-bit range, and the Laplace log scale (N,) (relative
         to the residual level when there is one)."""
-        if self.open_loop:  # a sampler's open loop: no prediction to compute
-            pred = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
+        if self.open_loop:  # a sampler's open loop: the fixed predictor alone, or 0
+            if self.long_term is None or base is None:
+                pred = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
+            else:
+                pred = (base * windows).sum(-1).clamp(-1.0, 1.0 - 1.0 / HALF).float()
         else:
             a = self.coef(h).double()
             if base is not None:
@@ -367,7 +391,6 @@ class PriorInputs:
     level: Tensor | None = None
 
 
-LEVEL_SPAN = 16  # residuals averaged for the level (the baselines' adaptive Laplace averages ~16)
 
 
 def _residual_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor,
@@ -397,6 +420,31 @@ def _residual_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor,
     mean = torch.where(count > 0, (win * valid).sum(-1) / count.clamp(min=1), torch.full_like(x, 16.0))
     level = (torch.log(mean + 1.0) - math.log(HALF)).float()
     return level, R[:, R.shape[1] - min(LEVEL_SPAN, R.shape[1]) :], pred[:, -1]
+
+
+def _open_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor, state: PriorState,
+                start: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The open loop's level with a long-term predictor (``base`` its coefficients): the running mean
+    of |x_t - pred_t| at rate 2^-8, pulled toward ``start`` (levels) at rate 2^-12, ``start`` at a
+    file's first sample, as the cascade's open loop (:mod:`txl_audio.model.cascade_prior`). Returns
+    the level (B, T) as :func:`_residual_level` does, the running mean (B, 1) and the next call's
+    first prediction."""
+    B, T = x.shape
+    dev = x.device
+    pred = torch.round((base * windows).sum(-1) * HALF).clamp(-HALF, HALF - 1)
+    xi = torch.round(x * HALF)
+    prev_pred = state.pending if state.pending is not None else torch.zeros(B, dtype=x.dtype, device=dev)
+    m = (xi - torch.cat([prev_pred[:, None], pred[:, :-1]], dim=1)).abs()
+    s = state.resid[:, 0] if state.resid is not None and state.resid.shape[1] == 1 else \
+        torch.full((B,), start, dtype=x.dtype, device=dev)
+    rate, pull = 2.0 ** -OPEN_SCALE_SHIFT, 2.0 ** -OPEN_LEAK_SHIFT
+    out = []
+    for t in range(T):
+        s = torch.where(pos[:, t] == 0, start, s + rate * (m[:, t] - s) + pull * (start - s))
+        out.append(s)
+    mean = torch.stack(out, dim=1)
+    level = (torch.log(mean + 1.0) - math.log(HALF)).float()
+    return level, s[:, None], pred[:, -1]
 
 
 def _windows(vals: Tensor, H: int, order: int, pos: Tensor) -> Tensor:

@@ -135,7 +135,8 @@ class _Kernel:
         fp[K.P_NLMS_EPS], fp[K.P_W_CLAMP] = c.nlms_eps, c.nlms_weight_clamp
         fp[K.P_BIAS_LIMIT], fp[K.P_BIAS_GAIN] = c.bias_limit, c.bias_gain
         self.ip, self.fp = ip, fp
-        self.ct = np.concatenate(tables) if tables else np.zeros(1)
+        self.tables = np.concatenate(tables) if tables else np.zeros(1)
+        self.ct = self.tables
         self.nf = off
         self.ng = K.G_STAGEPOS + S
         self.nsc = P * P + 3 * P
@@ -193,11 +194,42 @@ class CascadeStream:
         self.stage1 = np.zeros(batch, dtype=np.int32)
         self.reset()
 
-    def open_loop(self, on: bool) -> None:
-        """``on``: from now on every row predicts 0 and adapts nothing, keeping only its scale (the
-        running mean of |x|) and histories: what a sampler runs (issue 28: the cascade refitted on
-        its own output is an unstable closed loop). Off (the default): the cascade."""
-        self._k.ip[K.I_ZERO] = 1 if on else 0
+    def open_loop(self, on: bool, fixed: Any = None, scale_shift: int | None = None,
+                  scale_init: int | None = None, leak_shift: int = 0) -> None:
+        """``on``: from now on every row adapts nothing but its scale (the running mean of |x - its
+        prediction|) and histories, and predicts 0, or with ``fixed`` (ols_order float coefficients, the
+        most recent sample's first) that fixed linear predictor: what a sampler runs (issue 28: the
+        cascade refitted on its own output is an unstable closed loop). ``scale_shift``: the scale's
+        rate 2 ** -shift while open, ``scale_init`` its value in a row reset from then on (1/16 level;
+        None: the config's); ``leak_shift`` > 0: the scale is also pulled toward ``scale_init`` at rate
+        2 ** -leak_shift, so a level has an anchor. Off (the default): the cascade, as configured."""
+        k = self._k
+        k.ip[K.I_SCALE_SHIFT] = self.config.scale_shift
+        k.ip[K.I_SCALE_INIT] = self.config.scale_init
+        k.ip[K.I_ZERO] = 0
+        k.ip[K.I_LEAK] = 0
+        k.ct = k.tables
+        if not on:
+            return
+        if scale_shift is not None:
+            if not 0 <= int(scale_shift) <= 16:
+                raise ValueError(f"scale_shift must be in 0 .. 16, got {scale_shift}")
+            k.ip[K.I_SCALE_SHIFT] = int(scale_shift)
+        if scale_init is not None:
+            k.ip[K.I_SCALE_INIT] = max(1, int(scale_init))
+        if not 0 <= int(leak_shift) <= 30:
+            raise ValueError(f"leak_shift must be in 0 .. 30, got {leak_shift}")
+        k.ip[K.I_LEAK] = int(leak_shift)
+        k.ip[K.I_ZERO] = 1
+        if fixed is not None:
+            a = np.asarray(fixed, dtype=np.float64).reshape(-1)
+            if len(a) != self.config.ols_order or not np.isfinite(a).all():
+                raise ValueError(f"a fixed predictor needs {self.config.ols_order} finite coefficients, "
+                                 f"got {len(a)}")
+            n = len(k.tables)
+            k.ct = np.concatenate([k.tables, a])
+            k.ip[K.I_FIXED] = n
+            k.ip[K.I_ZERO] = 2
 
     @property
     def state_bytes_per_row(self) -> int:

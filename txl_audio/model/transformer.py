@@ -54,7 +54,6 @@ from txl_audio.model.cascade_prior import CascadePrior
 from txl_audio.model.compressive import Compressor, reconstruction_loss
 from txl_audio.model.heads import (
     HALF,
-    LEVEL_SPAN,
     ByteEmbedding,
     DualSoftmaxHead,
     LinearPredictor,
@@ -591,7 +590,7 @@ class TransformerXL(nn.Module):
                 z(batch_size, self.lp.keep, dt=torch.long),
                 z(batch_size, self.lp.order) if fitted else None,
                 z(batch_size, dt=torch.long),
-                z(batch_size, LEVEL_SPAN) if fitted else None,
+                z(batch_size, self.lp.level_span()) if fitted else None,
                 z(batch_size) if fitted else None,
             )
         return DecodingCache(
