@@ -126,8 +126,6 @@ class CascadePrior(nn.Module):
     # in int16 levels to start at), set by txl_audio.checkpoint.load_model from the checkpoint's corpus
     # figures: with the loop open, the fixed predictor (None: predict 0)
     long_term: tuple[np.ndarray, float] | None = None
-    open_scale_shift = OPEN_SCALE_SHIFT
-    open_leak_shift = OPEN_LEAK_SHIFT
 
     def __init__(self, d_model: int, cascade_json: str) -> None:
         super().__init__()
@@ -149,8 +147,7 @@ class CascadePrior(nn.Module):
                 stream.open_loop(True)
             else:
                 a, level = self.long_term
-                stream.open_loop(True, a, self.open_scale_shift, round(level * SCALE_UNIT),
-                                 self.open_leak_shift)
+                stream.open_loop(True, a, OPEN_SCALE_SHIFT, round(level * SCALE_UNIT), OPEN_LEAK_SHIFT)
         return stream
 
     def empty(self, batch: int) -> CascadeState:

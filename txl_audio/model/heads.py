@@ -391,6 +391,16 @@ class PriorInputs:
     level: Tensor | None = None
 
 
+def _input_residuals(x: Tensor, windows: Tensor, base: Tensor, state: PriorState) -> tuple[Tensor, Tensor]:
+    """The prediction ``base`` x ``windows`` at every position, rounded and clipped as the baselines'
+    LPC (B, T), and |x_t - its prediction| for every input x_t (B, T; known at t, the first from the
+    previous call's pending prediction)."""
+    B = x.shape[0]
+    pred = torch.round((base * windows).sum(-1) * HALF).clamp(-HALF, HALF - 1)
+    xi = torch.round(x * HALF)  # integer values of the inputs
+    prev_pred = state.pending if state.pending is not None else torch.zeros(B, dtype=x.dtype, device=x.device)
+    preds = torch.cat([prev_pred[:, None], pred[:, :-1]], dim=1)  # the prediction of each input, (B, T)
+    return pred, (xi - preds).abs()
 
 
 def _residual_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor,
@@ -402,12 +412,7 @@ def _residual_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor,
     known residuals and the prediction of the next call's first token."""
     B, T = x.shape
     dev = x.device
-    # (B, T) the fitted prediction, rounded and clipped as the baselines' LPC
-    pred = torch.round((base * windows).sum(-1) * HALF).clamp(-HALF, HALF - 1)
-    xi = torch.round(x * HALF)  # integer values of the inputs
-    prev_pred = state.pending if state.pending is not None else torch.zeros(B, dtype=x.dtype, device=dev)
-    preds = torch.cat([prev_pred[:, None], pred[:, :-1]], dim=1)  # the prediction of each input, (B, T)
-    m = (xi - preds).abs()  # residual of target index pos_t (the input at t): known at t
+    pred, m = _input_residuals(x, windows, base, state)  # m: residual of target index pos_t (input t)
     old = state.resid if state.resid is not None else torch.zeros(B, 0, dtype=x.dtype, device=dev)
     R = torch.cat([old, m], dim=1)  # (B, O+T): residual of the input at call position r - O
     O = old.shape[1]
@@ -430,13 +435,9 @@ def _open_level(x: Tensor, windows: Tensor, base: Tensor, pos: Tensor, state: Pr
     the level (B, T) as :func:`_residual_level` does, the running mean (B, 1) and the next call's
     first prediction."""
     B, T = x.shape
-    dev = x.device
-    pred = torch.round((base * windows).sum(-1) * HALF).clamp(-HALF, HALF - 1)
-    xi = torch.round(x * HALF)
-    prev_pred = state.pending if state.pending is not None else torch.zeros(B, dtype=x.dtype, device=dev)
-    m = (xi - torch.cat([prev_pred[:, None], pred[:, :-1]], dim=1)).abs()
+    pred, m = _input_residuals(x, windows, base, state)
     s = state.resid[:, 0] if state.resid is not None and state.resid.shape[1] == 1 else \
-        torch.full((B,), start, dtype=x.dtype, device=dev)
+        torch.full((B,), start, dtype=x.dtype, device=x.device)
     rate, pull = 2.0 ** -OPEN_SCALE_SHIFT, 2.0 ** -OPEN_LEAK_SHIFT
     out = []
     for t in range(T):
