@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +44,24 @@ CONFIGS = {
     "issue3_dual": dict(**ISSUE3, vocab_size=65_536, head="dual_softmax"),
     "issue3_mixture": dict(**ISSUE3, vocab_size=65_536, head="logistic_mixture", lp_order=32,
                            lp_coefficients="fitted"),
+    # the dual softmax on the fitted LPC with the prior's loop open as sampling runs it (issue 28): a
+    # fixed predictor and an anchored level, each draw rescaled to the level (one pass over 65,536 levels)
+    "issue3_dual_open": dict(**ISSUE3, vocab_size=65_536, head="dual_softmax", lp_order=32,
+                             lp_coefficients="fitted"),
 }
 # 16-bit heads: no reference timing (it would build 65,536 log-probabilities per token); their cost is
 # read against the issue-3 softmax row of the same run instead (head_cost = its rate / theirs)
-NO_REFERENCE = ("issue3_dual", "issue3_mixture")
+NO_REFERENCE = ("issue3_dual", "issue3_mixture", "issue3_dual_open")
+OPEN_LOOP = ("issue3_dual_open",)
+
+
+def open_loop(model: TransformerXL) -> None:
+    """The sampler's open loop (txl_audio.generate.open_loop_prior) with a stand-in for a checkpoint's
+    corpus predictor: x_t = 0.9 x_{t-1}, the level starting (and anchored) at 300 levels."""
+    a = np.zeros(model.lp.order)
+    a[0] = 0.9
+    model.lp.long_term = (a, 300.0)
+    model.lp.open_loop = True
 
 
 DECODERS = ("graph", "eager")  # cached decoding replayed as a CUDA graph, or run op by op
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, cfg in models:
         torch.manual_seed(0)
         model = TransformerXL(cfg).to(device).eval()
+        if name in OPEN_LOOP:
+            open_loop(model)
         if args.dtype == "bf16":
             model = model.to(torch.bfloat16)
         n_params = sum(p.numel() for p in model.parameters())

@@ -97,6 +97,32 @@ def test_dual_softmax_normalised_consistent_and_shifted():
         torch.testing.assert_close(lp[row], torch.roll(unshifted[row], s))
 
 
+def test_dual_softmax_open_loop_draws_in_units_of_the_level():
+    """With a ``unit`` (the sampler's open loop, issue 28) the drawn residual e becomes
+    round(e x unit / E|e|), E|e| the distribution's mean magnitude, on top of the prediction: checked
+    against the plain draw with the same generator and E|e| from the 65,536 log-probabilities."""
+    torch.manual_seed(0)
+    head = DualSoftmaxHead(8)
+    n = 1200
+    h = torch.randn(4, 8).repeat_interleave(n // 4, 0)
+    zero = torch.zeros(n, dtype=torch.long)
+    with torch.no_grad():
+        probs = torch.exp(head.log_probs((h, zero)).double())  # by token = e + 2^15 with shift 0
+        mean_abs = (probs * (torch.arange(LEVELS, dtype=torch.float64) - HALF).abs()).sum(-1)
+        plain = head.sample((h, zero), torch.Generator().manual_seed(3)) - HALF  # the residuals e
+        # unit = E|e|: the plain draw itself
+        same = head.sample((h, zero, mean_abs), torch.Generator().manual_seed(3)) - HALF
+        assert torch.equal(same, plain)
+        # another unit and a prediction: the prediction plus e in that unit, kept in the 16-bit range
+        unit = torch.full((n,), 40.0, dtype=torch.float64)
+        shift = torch.randint(-2000, 2000, (n,))
+        got = head.sample((h, shift, unit), torch.Generator().manual_seed(3)) - HALF
+    want = (shift + torch.round(plain.double() * 40.0 / mean_abs).long()).clamp(-HALF, HALF - 1)
+    assert torch.equal(got, want)
+    # the draws' mean magnitude is the unit (a property of E|e|: 1,200 draws, within 10%)
+    assert abs((got - shift).abs().double().mean().item() / 40.0 - 1.0) < 0.1
+
+
 @pytest.mark.parametrize("kind", ["dual_softmax", "logistic_mixture"])
 def test_exact_samplers_follow_the_distribution(kind):
     torch.manual_seed(0)

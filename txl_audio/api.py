@@ -316,7 +316,7 @@ class Model:
 
         ``temperature`` (0 = greedy), ``top_k``, ``top_p``: as the command's options; so is
         ``prior_prediction`` (``--prior-prediction``: a 16-bit head centred on its prior's prediction
-        while sampling, as in training; by default the prior predicts 0, see
+        while sampling, as in training; by default the prior runs open, on the corpus's fixed predictor: see
         :func:`txl_audio.generate.open_loop_prior`). ``seed``: the
         same seed and batch size give the same samples (None: a fresh random seed). The model decodes in
         bf16 on CUDA unless ``load(..., dtype="fp32")``, in fp32 on the CPU, as the command does.

@@ -143,11 +143,11 @@ def attach_long_term(model: TransformerXL, corpus: dict[str, Any] | None) -> Non
     """Give a 16-bit head's prior the training corpus's long-term-spectrum predictor (of the prior's
     order) from the checkpoint's corpus figures: what it predicts while sampling (issue 28; see
     :func:`txl_audio.generate.open_loop_prior`). Nothing for models without a prior, or without the
-    figures (checkpoints before 2026-12-07: their open loop predicts 0), nor for the dual softmax."""
+    figures (checkpoints before 2026-12-07: their open loop predicts 0)."""
     lp = getattr(model, "lp", None)
     lt = (corpus or {}).get("long_term")
-    if lp is None or lt is None or model.config.head != "logistic_mixture":
-        return  # (a dual softmax draws absolute residuals: with the fixed predictor they grow loud)
+    if lp is None or lt is None:
+        return
     order = lp.config.ols_order if hasattr(lp, "config") else lp.order
     if order > len(lt["autocorrelation"]) - 1:
         return

@@ -66,12 +66,13 @@ ProgressFn = Callable[[int], None]
 @contextmanager
 def open_loop_prior(model: TransformerXL, on: bool = True) -> Iterator[None]:
     """While sampling, a 16-bit head's prior (the predictor cascade or the fitted LPC) adapts nothing:
-    with a mixture head and the training corpus's figures in the checkpoint it is the corpus's fixed
+    with the training corpus's figures in the checkpoint it is the corpus's fixed
     long-term-spectrum predictor (``lp.long_term``, attached by ``load_model``), its level the running
     mean of what that leaves at 2^-8 pulled toward the corpus's median residual level at 2^-12 (an
     anchor: a level that only follows the model's own draws is a multiplicative random walk, which
-    falls silent or grows to the rails); otherwise it predicts 0 and its unit is the running magnitude
-    of the signal itself. Why: a prior
+    falls silent or grows to the rails), the unit a mixture head draws in and a dual softmax's draws
+    are rescaled to (``DualSoftmaxHead.sample``); otherwise it predicts 0 and its unit is the running
+    magnitude of the signal itself. Why: a prior
     that adapts to the samples it is fed refits itself on the model's own output, a closed loop that
     teacher-forced training never runs and that is unstable: its poles drift to the rails or its
     excitation dies out (issue 28, measured in docs/results.md). The network, which learned what the
@@ -154,7 +155,8 @@ def sample(
     ``lengths``: the memory and segment lengths to decode with (default: the trained ones). Run the
     model in eval mode; for bf16, convert it (``model.to(torch.bfloat16)``).
 
-    A 16-bit head's prior predicts 0 while sampling (:func:`open_loop_prior`), prompt included;
+    A 16-bit head's prior runs open while sampling (:func:`open_loop_prior`: the corpus's fixed
+    predictor, or 0 for checkpoints without its figures), prompt included;
     ``prior_prediction=True`` centres the head on the prior's prediction as in training (its samples
     drift to full scale or silence: issue 28).
     """
@@ -257,7 +259,7 @@ def generate_tokens(
     size give the same tokens. ``threads``: CPU threads while decoding (default 1: one token at a time is
     a chain of tiny ops; more threads rarely help and on a busy machine make it many times slower).
     ``on_batch(first, tokens (b, n_new))`` is called after each batch (``first``: its first sample's
-    index). ``prior_prediction``: see :func:`sample` (default off: a 16-bit head's prior predicts 0
+    index). ``prior_prediction``: see :func:`sample` (default off: a 16-bit head's prior runs open
     while sampling). ``txl-audio generate`` (:func:`generate_files`) and ``txl_audio.load(...).generate``
     both call this.
     """

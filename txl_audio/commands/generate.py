@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the spectrogram PNGs")
     p.add_argument("--prior-prediction", action="store_true",
                    help="16-bit heads with a prior: centre each draw on the prior's prediction, as in "
-                        "training (by default the prior predicts 0 while sampling: refitted on the "
+                        "training (by default the prior runs open while sampling, on the corpus's fixed "
+                        "long-term predictor: refitted on the "
                         "model's own output it drives the samples to full scale; docs/results.md)")
 
 

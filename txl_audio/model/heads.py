@@ -71,7 +71,10 @@ def _exp_draw(log_p: Tensor, generator: torch.Generator | None) -> Tensor:
 
 class DualSoftmaxHead(nn.Module):
     """Coarse (high byte) and fine (low byte) softmaxes. ``params``: (h (N, D), shift (N,) int64): the
-    modelled symbol is r = (token - shift) mod 2^16 (shift 0 without the prior)."""
+    modelled symbol is r = (token - shift) mod 2^16 (shift 0 without the prior), r = 2^15 + the residual
+    against the prior's prediction. While sampling with the prior's loop open on the corpus's fixed
+    predictor (:func:`txl_audio.generate.open_loop_prior`) a third entry, ``unit`` (N,) float64 (the
+    anchored residual level, mean |residual| in levels), makes :meth:`sample` draw in units of it."""
 
     def __init__(self, d_model: int, d_fine: int | None = None) -> None:
         super().__init__()
@@ -82,14 +85,16 @@ class DualSoftmaxHead(nn.Module):
         self.fine = nn.Linear(d_fine, 256)
         self.level = nn.Parameter(torch.zeros(d_model))  # how the prior's residual level enters h
 
-    def params(self, h: Tensor, shift: Tensor | None, level: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def params(self, h: Tensor, shift: Tensor | None, level: Tensor | None = None,
+               unit: Tensor | None = None) -> tuple[Tensor, ...]:
         """``shift``: the rounded prediction (int64) the residual is taken against; ``level`` (N,): the
-        log of the prior's recent residual magnitude, added to h along a learned direction."""
+        log of the prior's recent residual magnitude, added to h along a learned direction; ``unit``
+        (N,): the open loop's residual level to draw in (see :meth:`sample`), None otherwise."""
         if shift is None:
             shift = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
         if level is not None:
             h = h + level[:, None].to(h.dtype) * self.level
-        return h, shift
+        return (h, shift) if unit is None else (h, shift, unit)
 
     def _fine_logits(self, h: Tensor, coarse: Tensor) -> Tensor:
         """h (N, D), coarse (N,) or (N, C) -> fine logits (N, 256) or (N, C, 256)."""
@@ -99,16 +104,16 @@ class DualSoftmaxHead(nn.Module):
             a = a[:, None]
         return self.fine(F.relu(a + e))
 
-    def log_prob(self, params: tuple[Tensor, Tensor], tokens: Tensor) -> Tensor:
-        h, shift = params
+    def log_prob(self, params: tuple[Tensor, ...], tokens: Tensor) -> Tensor:
+        h, shift = params[:2]
         r = torch.remainder(tokens - shift, LEVELS)
         c, f = r >> 8, r & 255
         lc = torch.log_softmax(self.coarse(h).float(), -1).gather(-1, c[:, None])[:, 0]
         lf = torch.log_softmax(self._fine_logits(h, c).float(), -1).gather(-1, f[:, None])[:, 0]
         return lc + lf
 
-    def log_probs(self, params: tuple[Tensor, Tensor]) -> Tensor:
-        h, shift = params
+    def log_probs(self, params: tuple[Tensor, ...]) -> Tensor:
+        h, shift = params[:2]
         N = h.shape[0]
         lc = torch.log_softmax(self.coarse(h).float(), -1)  # (N, 256)
         every = torch.arange(256, device=h.device).expand(N, 256)
@@ -132,11 +137,34 @@ class DualSoftmaxHead(nn.Module):
     def fine_probs(self, params: tuple[Tensor, Tensor], coarse: Tensor) -> Tensor:
         return torch.softmax(self._fine_logits(params[0], coarse).double(), -1)
 
-    def sample(self, params: tuple[Tensor, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        h, shift = params
-        c = _exp_draw(torch.log_softmax(self.coarse(h).float(), -1), generator)
+    def sample(self, params: tuple[Tensor, ...], generator: torch.Generator | None = None) -> Tensor:
+        """One token per row, exactly from the distribution; with ``unit`` (the open loop, issue 28)
+        the drawn residual e is redrawn in units of the anchored level: e x unit / E|e|, E|e| the
+        distribution's own mean magnitude, added to the fixed prediction and kept in the 16-bit range.
+        Why: the head draws residuals in absolute levels, and a small model spreads its mass thinly
+        over all 65,536 of them; fed its own coloured draws, those tails set the level (-9 dBFS on the
+        300-step test model); the mixture heads draw in units of the level by construction."""
+        h, shift = params[:2]
+        lc = torch.log_softmax(self.coarse(h).float(), -1)
+        c = _exp_draw(lc, generator)
         f = _exp_draw(torch.log_softmax(self._fine_logits(h, c).float(), -1), generator)
-        return torch.remainder(c * 256 + f + shift, LEVELS)
+        if len(params) == 2:
+            return torch.remainder(c * 256 + f + shift, LEVELS)
+        unit = params[2].double()
+        e = (c * 256 + f - HALF).double()  # the residual against the prediction
+        x = shift.double() + torch.round(e * unit / _mean_magnitude(self, h, lc))
+        return x.clamp(-HALF, HALF - 1).long() + HALF
+
+
+def _mean_magnitude(head: DualSoftmaxHead, h: Tensor, lc: Tensor) -> Tensor:
+    """E|r - 2^15| under a dual softmax's distribution (N,) float64: the coarse probabilities times
+    each coarse byte's fine distribution, every one of the 65,536 levels counted."""
+    N = h.shape[0]
+    every = torch.arange(256, device=h.device).expand(N, 256)
+    lf = torch.log_softmax(head._fine_logits(h, every).float(), -1)  # (N, 256, 256)
+    p = torch.exp(lc[:, :, None] + lf).reshape(N, LEVELS).double()
+    mag = (torch.arange(LEVELS, device=h.device, dtype=torch.float64) - HALF).abs()
+    return (p * mag).sum(-1).clamp_min(1e-3)
 
 
 def _log_expm1(d: Tensor) -> Tensor:

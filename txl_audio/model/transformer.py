@@ -62,6 +62,7 @@ from txl_audio.model.heads import (
     PriorState,
 )
 from txl_audio.model.memory import DecodingCache, LayerMemory, Memory, update_memory
+from txl_audio.model.prior import SCALE_UNIT
 from txl_audio.model.sampling import Predicted
 from txl_audio.model.softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 
@@ -249,10 +250,17 @@ class TransformerXL(nn.Module):
         B, T = hidden.shape[:2]
         flat = hidden.flatten(0, 1)  # (N, D)
         pred = log_b = prior = level = None
+        dual = self.config.head == "dual_softmax"
+        # a sampler's open loop on the corpus's fixed predictor: the dual softmax draws in units of the
+        # anchored level (DualSoftmaxHead.sample; the mixture's unit is the level already)
+        unit = None
+        open_fixed = self.lp is not None and self.lp.open_loop and self.lp.long_term is not None
         if self.cascade:  # centred on the cascade's prediction, in units of its residual scale
             level = prior_inputs.level.flatten()
             p = prior_inputs.pred.flatten()
-            prior = p if self.config.head == "dual_softmax" else p.double() / HALF
+            prior = p if dual else p.double() / HALF
+            if dual and open_fixed:
+                unit = prior_inputs.scale.flatten().double() / SCALE_UNIT
         elif self.lp is not None:
             pi = prior_inputs
             level = None if pi.level is None else pi.level.flatten()
@@ -260,8 +268,11 @@ class TransformerXL(nn.Module):
             pred, log_b = self.lp(flat, pi.windows.flatten(0, 1), base, level)
             # the dual softmax models the residual against the rounded prediction; the mixture is
             # centred on the prediction itself
-            prior = torch.round(pred * HALF).long() if self.config.head == "dual_softmax" else pred
-        params = self.out.params(flat, prior, level)
+            prior = torch.round(pred * HALF).long() if dual else pred
+            if dual and open_fixed and level is not None:  # level = log(mean + 1) - log 2^15
+                unit = torch.exp(level.double()) * HALF - 1.0
+        params = self.out.params(flat, prior, level, unit) if unit is not None else \
+            self.out.params(flat, prior, level)
         loss = aux = None
         if targets is not None:
             t = targets.flatten()
