@@ -220,6 +220,20 @@ def test_shipped_speech16_samples_stay_in_corpus_range():
         assert not s["degenerate"] and all(s["within_corpus"].values()), report["lines"]
 
 
+@pytest.mark.slow
+def test_shipped_speech8_samples_stay_in_corpus_range():
+    """The 8-bit softmax head (the shipped mu-law model, no prior): 2 s x 2 streams at two seeds within
+    its training corpus's level, loudest frame, clipping and ZCR (measured 2026-12-07: -29.0 .. -19.6
+    dBFS, at most 0.02% clipped)."""
+    import txl_audio
+
+    model = txl_audio.load("speech8")
+    for seed in (0, 1):
+        _, report = model.generate(seconds=2.0, num=2, seed=seed, return_report=True)
+        for s in report["samples"]:
+            assert not s["degenerate"] and all(s["within_corpus"].values()), report["lines"]
+
+
 @pytest.mark.slow  # 25 s
 def test_shipped_speech16_with_the_prior_prediction_leaves_the_corpus_range():
     """The same with ``prior_prediction=True`` (the training-time head, what issue 28 reported): both
