@@ -139,7 +139,7 @@ class DualSoftmaxHead(nn.Module):
 
     def sample(self, params: tuple[Tensor, ...], generator: torch.Generator | None = None) -> Tensor:
         """One token per row, exactly from the distribution; with ``unit`` (the open loop, issue 28)
-        the drawn residual e is redrawn in units of the anchored level: e x unit / E|e|, E|e| the
+        the drawn residual e is rescaled to units of the anchored level: e x unit / E|e|, E|e| the
         distribution's own mean magnitude, added to the fixed prediction and kept in the 16-bit range.
         Why: the head draws residuals in absolute levels, and a small model spreads its mass thinly
         over all 65,536 of them; fed its own coloured draws, those tails set the level (-9 dBFS on the
