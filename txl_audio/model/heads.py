@@ -112,13 +112,17 @@ class DualSoftmaxHead(nn.Module):
         lf = torch.log_softmax(self._fine_logits(h, c).float(), -1).gather(-1, f[:, None])[:, 0]
         return lc + lf
 
-    def log_probs(self, params: tuple[Tensor, ...]) -> Tensor:
-        h, shift = params[:2]
+    def _log_probs_by_symbol(self, h: Tensor, lc: Tensor) -> Tensor:
+        """h (N, D) and its coarse log-probabilities lc (N, 256) -> log p of every symbol r = 256 c + f
+        (N, 65,536): each coarse byte's fine distribution."""
         N = h.shape[0]
-        lc = torch.log_softmax(self.coarse(h).float(), -1)  # (N, 256)
         every = torch.arange(256, device=h.device).expand(N, 256)
         lf = torch.log_softmax(self._fine_logits(h, every).float(), -1)  # (N, 256 coarse, 256 fine)
-        by_r = (lc[:, :, None] + lf).reshape(N, LEVELS)  # (N, V) in order of r = 256 c + f
+        return (lc[:, :, None] + lf).reshape(N, LEVELS)
+
+    def log_probs(self, params: tuple[Tensor, ...]) -> Tensor:
+        h, shift = params[:2]
+        by_r = self._log_probs_by_symbol(h, torch.log_softmax(self.coarse(h).float(), -1))
         x = torch.arange(LEVELS, device=h.device)
         return by_r.gather(1, torch.remainder(x[None, :] - shift[:, None], LEVELS))  # in order of tokens
 
@@ -152,19 +156,14 @@ class DualSoftmaxHead(nn.Module):
             return torch.remainder(c * 256 + f + shift, LEVELS)
         unit = params[2].double()
         e = (c * 256 + f - HALF).double()  # the residual against the prediction
-        x = shift.double() + torch.round(e * unit / _mean_magnitude(self, h, lc))
+        x = shift.double() + torch.round(e * unit / self._mean_magnitude(h, lc))
         return x.clamp(-HALF, HALF - 1).long() + HALF
 
-
-def _mean_magnitude(head: DualSoftmaxHead, h: Tensor, lc: Tensor) -> Tensor:
-    """E|r - 2^15| under a dual softmax's distribution (N,) float64: the coarse probabilities times
-    each coarse byte's fine distribution, every one of the 65,536 levels counted."""
-    N = h.shape[0]
-    every = torch.arange(256, device=h.device).expand(N, 256)
-    lf = torch.log_softmax(head._fine_logits(h, every).float(), -1)  # (N, 256, 256)
-    p = torch.exp(lc[:, :, None] + lf).reshape(N, LEVELS).double()
-    mag = (torch.arange(LEVELS, device=h.device, dtype=torch.float64) - HALF).abs()
-    return (p * mag).sum(-1).clamp_min(1e-3)
+    def _mean_magnitude(self, h: Tensor, lc: Tensor) -> Tensor:
+        """E|r - 2^15| under the distribution (N,) float64, every one of the 65,536 levels counted."""
+        p = torch.exp(self._log_probs_by_symbol(h, lc)).double()
+        mag = (torch.arange(LEVELS, device=h.device, dtype=torch.float64) - HALF).abs()
+        return (p * mag).sum(-1).clamp_min(1e-3)
 
 
 def _log_expm1(d: Tensor) -> Tensor:
